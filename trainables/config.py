@@ -1,0 +1,222 @@
+"""Typed configuration of one trial: the data set, the network, the ordering and the engine settings.
+
+A :class:`TrialConfig` is everything the engine needs to train ``replicates`` networks of one
+configuration. It is frozen, hashable, validated on construction, and round-trips through plain
+dicts (``to_dict`` / ``from_dict``), which is how Ray ships it to workers and MLflow logs it.
+
+Example:
+    >>> config = TrialConfig(model="leaky-reset", ordering="reps-3", replicates=4)
+    >>> config.leak, config.gradient
+    (0.5, 'leak-scaled')
+    >>> TrialConfig.from_dict(config.to_dict()) == config
+    True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+MODELS: tuple[str, ...] = ("feedforward", "leaky", "leaky-reset")
+"""Model names the engine knows (see ``trainables/models.py``)."""
+
+DATASETS: tuple[str, ...] = ("synthetic-categories", "mnist", "fashion-mnist")
+"""Data set names the loader knows (see ``trainables/data.py``)."""
+
+OUTPUTS: tuple[str, ...] = ("sigmoid", "softmax")
+LOSSES: tuple[str, ...] = ("mse", "cross-entropy")
+OPTIMIZERS: tuple[str, ...] = ("sgd",)
+GRADIENTS: tuple[str, ...] = ("leak-scaled", "leak-unscaled")
+"""Gradient conventions for leaky layers.
+
+``leak-scaled``: H(n-1) is a constant, so dH(n)/dW carries the factor (1 - a) (what autograd gives
+with the previous state detached). ``leak-unscaled``: the gradient of a feedforward net evaluated
+at the mixed state, without that factor (the paper's "did not account for ... leaky").
+"""
+EVAL_SCHEDULES: tuple[str, ...] = ("linear", "log")
+DTYPES: tuple[str, ...] = ("float32", "float64")
+DEVICES: tuple[str, ...] = ("cpu", "cuda", "auto")
+
+_REPS = re.compile(r"^reps-(-?\d+)$")
+
+
+class ConfigError(ValueError):
+    """An invalid setting: the message names the field, the value and what is allowed."""
+
+    def __init__(self, field_name: str, value: Any, allowed: str) -> None:
+        self.field_name = field_name
+        self.value = value
+        self.allowed = allowed
+        super().__init__(f"{field_name}={value!r} is invalid: {allowed}")
+
+
+def check_ordering_name(name: str, field_name: str = "ordering") -> None:
+    """Raise :class:`ConfigError` unless ``name`` is ``random`` or ``reps-k`` with k >= 1."""
+    if name == "random":
+        return
+    match = _REPS.match(name)
+    if match is None:
+        raise ConfigError(field_name, name, "expected 'random' or 'reps-k' with an integer k >= 1")
+    if int(match.group(1)) < 1:
+        raise ConfigError(field_name, name, "reps-k needs k >= 1 ('reps-1' is minimum smoothness)")
+
+
+def _check_choice(field_name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(field_name, value, f"expected one of {', '.join(allowed)}")
+
+
+def _check_positive_int(field_name: str, value: int, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(field_name, value, f"expected an integer >= {minimum}")
+
+
+def _check_finite(field_name: str, value: float, low: float, high: float, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(field_name, value, f"expected a finite number {what}")
+    if not low <= value <= high:
+        raise ConfigError(field_name, value, f"expected a number {what}")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """Which data set to build and how (fields a data set does not use are ignored by it)."""
+
+    name: str = "synthetic-categories"
+    """One of ``DATASETS``."""
+    categories: int = 4
+    """synthetic-categories: number of categories C."""
+    features: int = 16
+    """synthetic-categories: input dimension D."""
+    train_per_category: int | None = 300
+    """Training items per category; for MNIST-like sets a per-class subset (None = all)."""
+    test_per_category: int | None = 100
+    """Held-out items per category; for MNIST-like sets a per-class subset (None = all)."""
+    noise: float = 0.5
+    """synthetic-categories: half-width of the uniform noise added to each template value."""
+    template: str = "blocks"
+    """synthetic-categories: 'blocks' (disjoint active feature blocks) or 'binary' (random 0/1)."""
+    data_dir: str | None = None
+    """Folder holding IDX files (``<dir>/<name>/`` or ``<dir>``); None = $STUDY_DATA_DIR or ./data."""
+    seed: int = 0
+    """Seed of the data set itself (synthetic templates and noise, MNIST subset choice)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("dataset.name", self.name, DATASETS)
+        _check_positive_int("dataset.categories", self.categories, 2)
+        _check_positive_int("dataset.features", self.features, 1)
+        for name in ("train_per_category", "test_per_category"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_positive_int(f"dataset.{name}", value, 1)
+        _check_finite("dataset.noise", self.noise, 0.0, math.inf, ">= 0")
+        _check_choice("dataset.template", self.template, ("blocks", "binary"))
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """One configuration, trained as ``replicates`` independent networks at once."""
+
+    model: str = "feedforward"
+    """One of ``MODELS``."""
+    ordering: str = "random"
+    """'random' or 'reps-k' (k consecutive items of one category; 'reps-1' = minimum smoothness)."""
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    hidden: tuple[int, ...] = (8,)
+    """Hidden layer sizes; every hidden layer carries the model's memory."""
+    output: str = "sigmoid"
+    """Output nonlinearity, one of ``OUTPUTS``."""
+    loss: str = "mse"
+    """'mse' (mean over output units) or 'cross-entropy' (categorical with softmax, binary with sigmoid)."""
+    optimizer: str = "sgd"
+    """Plain SGD, one update per training sample."""
+    learning_rate: float = 0.01
+    """SGD step size, > 0."""
+    leak: float = 0.5
+    """Leak a in H(n) = a H(n-1) + (1-a) ReLU(W I(n) + b), in [0, 1]; unused by feedforward."""
+    reset_threshold: float = 1.0
+    """Input-change threshold for unsupervised reset (models that use one), >= 0."""
+    gradient: str = "leak-scaled"
+    """Gradient convention for leaky layers, one of ``GRADIENTS``."""
+    replicates: int = 5
+    """Independent networks trained together; replicate r uses seed (seed, r) for init and ordering."""
+    epochs: int = 1
+    """Passes over the training set."""
+    eval_every: int = 50
+    """Samples between test evaluations (linear schedule) or number of points per decade (log)."""
+    eval_schedule: str = "linear"
+    """'linear' (every eval_every samples) or 'log' (eval_every points per decade of samples)."""
+    target_accuracy: float = 0.9
+    """Accuracy for the samples-to-target metric, in (0, 1]."""
+    seed: int = 0
+    """Base seed; replicate r derives its init and ordering seeds from (seed, r)."""
+    dtype: str = "float32"
+    device: str = "cpu"
+    """'cpu', 'cuda' or 'auto' (CUDA when available)."""
+
+    def __post_init__(self) -> None:
+        _check_choice("model", self.model, MODELS)
+        check_ordering_name(self.ordering)
+        if not isinstance(self.dataset, DatasetConfig):
+            raise ConfigError("dataset", self.dataset, "expected a DatasetConfig")
+        if not isinstance(self.hidden, tuple) or not self.hidden:
+            raise ConfigError("hidden", self.hidden, "expected a non-empty list of layer sizes")
+        for size in self.hidden:
+            _check_positive_int("hidden", size, 1)
+        _check_choice("output", self.output, OUTPUTS)
+        _check_choice("loss", self.loss, LOSSES)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_finite("learning_rate", self.learning_rate, 0.0, math.inf, "> 0")
+        if self.learning_rate <= 0:
+            raise ConfigError("learning_rate", self.learning_rate, "expected a number > 0")
+        _check_finite("leak", self.leak, 0.0, 1.0, "in [0, 1]")
+        _check_finite("reset_threshold", self.reset_threshold, 0.0, math.inf, ">= 0")
+        _check_choice("gradient", self.gradient, GRADIENTS)
+        _check_positive_int("replicates", self.replicates, 1)
+        _check_positive_int("epochs", self.epochs, 1)
+        _check_positive_int("eval_every", self.eval_every, 1)
+        _check_choice("eval_schedule", self.eval_schedule, EVAL_SCHEDULES)
+        _check_finite("target_accuracy", self.target_accuracy, 0.0, 1.0, "in (0, 1]")
+        _check_positive_int("seed", self.seed, 0)
+        _check_choice("dtype", self.dtype, DTYPES)
+        _check_choice("device", self.device, DEVICES)
+
+    @property
+    def reps(self) -> int | None:
+        """k of a 'reps-k' ordering, None for 'random'."""
+        match = _REPS.match(self.ordering)
+        return int(match.group(1)) if match else None
+
+    def replace(self, **changes: Any) -> TrialConfig:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict; ``dataset`` becomes a nested dict, ``hidden`` a list."""
+        out = dataclasses.asdict(self)
+        out["hidden"] = list(self.hidden)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrialConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(unknown[0], values[unknown[0]], f"unknown key; known: {sorted(known)}")
+        values = dict(values)
+        if isinstance(values.get("dataset"), dict):
+            dataset = dict(values["dataset"])
+            dataset_known = {f.name for f in dataclasses.fields(DatasetConfig)}
+            bad = sorted(set(dataset) - dataset_known)
+            if bad:
+                raise ConfigError(
+                    f"dataset.{bad[0]}", dataset[bad[0]], f"unknown key; known: {sorted(dataset_known)}"
+                )
+            values["dataset"] = DatasetConfig(**dataset)
+        if "hidden" in values:
+            values["hidden"] = tuple(values["hidden"])
+        return cls(**values)

@@ -1,0 +1,194 @@
+"""Data sets: the paper's synthetic categories (A.2) and MNIST / Fashion-MNIST from IDX files.
+
+Every data set is a :class:`Dataset` of float32 inputs in roughly [0, 1] and integer labels,
+deterministic given its :class:`~trainables.config.DatasetConfig` (including its seed).
+
+Example:
+    >>> from trainables.config import DatasetConfig
+    >>> data = load_dataset(DatasetConfig(categories=4, train_per_category=30, test_per_category=5))
+    >>> data.train_x.shape, data.test_x.shape, data.num_classes
+    ((120, 16), (20, 16), 4)
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trainables.config import DatasetConfig
+
+DATA_DIR_ENV = "STUDY_DATA_DIR"
+"""Environment variable naming the folder with IDX files when the spec gives none."""
+
+_IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+_IMAGE_MAGIC = 2051
+_LABEL_MAGIC = 2049
+
+
+class DataError(RuntimeError):
+    """A data file is missing, unreadable or not what its name promises."""
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """Train and test arrays of one data set (inputs float32 [N, D], labels int64 [N])."""
+
+    name: str
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    num_classes: int
+
+    @property
+    def num_features(self) -> int:
+        return int(self.train_x.shape[1])
+
+
+def load_dataset(config: DatasetConfig) -> Dataset:
+    """Build or read the data set ``config`` names.
+
+    Raises:
+        DataError: an IDX file is missing or corrupt (the message says where it looked).
+    """
+    if config.name == "synthetic-categories":
+        return synthetic_categories(config)
+    return idx_dataset(config)
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic-categories (paper A.2): C category templates + uniform noise
+# ---------------------------------------------------------------------------------------------
+def synthetic_categories(config: DatasetConfig) -> Dataset:
+    """C categories of ``features``-dim items: a category template plus U(-noise, noise) noise.
+
+    Templates have low between-category overlap: with ``template='blocks'`` category c is 1 on its
+    own block of D // C features and 0 elsewhere (no overlap at all); with ``'binary'`` each
+    template is a random 0/1 vector (about half the features shared by chance).
+    """
+    rng = np.random.default_rng([config.seed, 0xA2])
+    c, d = config.categories, config.features
+    if config.template == "blocks":
+        if d < c:
+            raise DataError(f"dataset.features={d} is too small: 'blocks' templates need >= {c}")
+        templates = np.zeros((c, d))
+        block = d // c
+        for category in range(c):
+            templates[category, category * block : (category + 1) * block] = 1.0
+    else:
+        templates = rng.integers(0, 2, size=(c, d)).astype(float)
+    n_train = config.train_per_category or 300
+    n_test = config.test_per_category or 100
+
+    def draw(per_category: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.repeat(np.arange(c), per_category)
+        noise = rng.uniform(-config.noise, config.noise, size=(labels.size, d))
+        return (templates[labels] + noise).astype(np.float32), labels.astype(np.int64)
+
+    train_x, train_y = draw(n_train)
+    test_x, test_y = draw(n_test)
+    return Dataset("synthetic-categories", train_x, train_y, test_x, test_y, c)
+
+
+# ---------------------------------------------------------------------------------------------
+# MNIST / Fashion-MNIST from IDX files (.gz or raw)
+# ---------------------------------------------------------------------------------------------
+def default_data_dir() -> Path:
+    """``$STUDY_DATA_DIR`` if set, else ``./data``."""
+    return Path(os.environ.get(DATA_DIR_ENV, "data")).expanduser().absolute()
+
+
+def idx_dataset(config: DatasetConfig) -> Dataset:
+    """Read ``config.name`` (mnist or fashion-mnist) and take the per-class subsets it asks for."""
+    root = Path(config.data_dir).expanduser().absolute() if config.data_dir else default_data_dir()
+    arrays = {key: _read_idx(_find_idx(root, config.name, stem)) for key, stem in _IDX_FILES.items()}
+    for split in ("train", "test"):
+        n_images, n_labels = len(arrays[f"{split}_images"]), len(arrays[f"{split}_labels"])
+        if n_images != n_labels:
+            raise DataError(
+                f"{config.name} {split} split is corrupt: {n_images} images but {n_labels} labels "
+                f"(in {root})"
+            )
+    rng = np.random.default_rng([config.seed, 0x1D8])
+    train = _subset(arrays["train_labels"], config.train_per_category, rng)
+    test = _subset(arrays["test_labels"], config.test_per_category, rng)
+
+    def images(split: str, rows: np.ndarray) -> np.ndarray:
+        pixels = arrays[f"{split}_images"][rows]
+        return (pixels.reshape(len(rows), -1) / np.float32(255.0)).astype(np.float32)
+
+    return Dataset(
+        config.name,
+        images("train", train),
+        arrays["train_labels"][train].astype(np.int64),
+        images("test", test),
+        arrays["test_labels"][test].astype(np.int64),
+        int(arrays["train_labels"].max()) + 1,
+    )
+
+
+def _subset(labels: np.ndarray, per_class: int | None, rng: np.random.Generator) -> np.ndarray:
+    """Row indices: all rows, or ``per_class`` rows of each class drawn without replacement."""
+    if per_class is None:
+        return np.arange(len(labels))
+    rows = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        take = min(per_class, members.size)
+        rows.append(np.sort(rng.choice(members, size=take, replace=False)))
+    return np.sort(np.concatenate(rows))
+
+
+def _find_idx(root: Path, name: str, stem: str) -> Path:
+    candidates = [
+        folder / file
+        for folder in (root / name, root)
+        for file in (f"{stem}.gz", stem)
+    ]
+    for path in candidates:
+        if path.is_file():
+            return path
+    looked = ", ".join(str(p) for p in candidates)
+    raise DataError(
+        f"{name}: file {stem}[.gz] not found; looked in: {looked}. Put the four standard IDX files "
+        f"(train-images/train-labels/t10k-images/t10k-labels, .gz or raw) in <data_dir>/{name}/ "
+        f"and pass --data-dir <data_dir> or set ${DATA_DIR_ENV}. In this workspace they are in "
+        f"../shared/data; on Debian, 'apt-get install dataset-fashion-mnist' provides Fashion-MNIST."
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _read_idx(path: Path) -> np.ndarray:
+    """Parse one IDX file, checking magic number and size; cached because trials reuse workers."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as error:
+        raise DataError(f"cannot read {path}: {error}; replace it with an intact copy") from error
+    if len(raw) < 8:
+        raise DataError(f"{path} is corrupt: {len(raw)} bytes is shorter than an IDX header")
+    magic = int.from_bytes(raw[0:4], "big")
+    if magic not in (_IMAGE_MAGIC, _LABEL_MAGIC):
+        raise DataError(
+            f"{path} is corrupt: magic number {magic}, expected {_IMAGE_MAGIC} (images) "
+            f"or {_LABEL_MAGIC} (labels)"
+        )
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims))
+    if len(raw) - offset != expected:
+        raise DataError(
+            f"{path} is corrupt: header promises {dims} = {expected} bytes of data, "
+            f"file has {len(raw) - offset}"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
