@@ -1,4 +1,4 @@
-"""Typed configuration of one trial: the data set, the network, the ordering and the engine settings.
+"""Typed configuration of one trial: the data set, the network, the ordering, the engine settings.
 
 A :class:`TrialConfig` is everything the engine needs to train ``replicates`` networks of one
 configuration. It is frozen, hashable, validated on construction, and round-trips through plain
@@ -20,15 +20,39 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-MODELS: tuple[str, ...] = ("feedforward", "leaky", "leaky-reset")
+MODELS: tuple[str, ...] = (
+    "feedforward",
+    "leaky",
+    "leaky-reset",
+    "leaky-threshold",
+    "multiscale",
+    "multiscale-reset",
+    "minibatch",
+)
 """Model names the engine knows (see ``trainables/models.py``)."""
 
-DATASETS: tuple[str, ...] = ("synthetic-categories", "mnist", "fashion-mnist")
+DATASETS: tuple[str, ...] = (
+    "synthetic-categories",
+    "multiscale-stream",
+    "no-shared-features",
+    "mnist",
+    "fashion-mnist",
+)
 """Data set names the loader knows (see ``trainables/data.py``)."""
 
 OUTPUTS: tuple[str, ...] = ("sigmoid", "softmax")
 LOSSES: tuple[str, ...] = ("mse", "cross-entropy")
-OPTIMIZERS: tuple[str, ...] = ("sgd",)
+OPTIMIZERS: tuple[str, ...] = ("sgd", "rmsprop")
+"""``sgd``: p -= lr g. ``rmsprop``: torch.optim.RMSprop semantics (``TrialConfig.rms_alpha``)."""
+TASKS: tuple[str, ...] = ("classify", "reconstruct")
+"""``classify``: one-hot category targets. ``reconstruct``: autoencoder, target = input."""
+RESET_SCOPES: tuple[str, ...] = ("input", "group")
+"""Where the unsupervised (threshold) reset looks, see ``TrialConfig.reset_scope``."""
+TEST_PROTOCOLS: tuple[str, ...] = ("isolated", "streamed")
+"""``isolated``: each test item alone, no memory (paper default). ``streamed``: the test set in
+``test_ordering`` order with memory and resets on (paper A.9/A.10)."""
+ORDERING_NAMES: tuple[str, ...] = ("random", "stream", "reps-k")
+"""Ordering names: ``random``, ``stream`` (the data set's natural order) and ``reps-k``, k >= 1."""
 GRADIENTS: tuple[str, ...] = ("leak-scaled", "leak-unscaled")
 """Gradient conventions for leaky layers.
 
@@ -54,12 +78,14 @@ class ConfigError(ValueError):
 
 
 def check_ordering_name(name: str, field_name: str = "ordering") -> None:
-    """Raise :class:`ConfigError` unless ``name`` is ``random`` or ``reps-k`` with k >= 1."""
-    if name == "random":
+    """Raise :class:`ConfigError` unless ``name`` is random, stream or reps-k with k >= 1."""
+    if name in ("random", "stream"):
         return
     match = _REPS.match(name)
     if match is None:
-        raise ConfigError(field_name, name, "expected 'random' or 'reps-k' with an integer k >= 1")
+        raise ConfigError(
+            field_name, name, "expected 'random', 'stream' or 'reps-k' with an integer k >= 1"
+        )
     if int(match.group(1)) < 1:
         raise ConfigError(field_name, name, "reps-k needs k >= 1 ('reps-1' is minimum smoothness)")
 
@@ -100,12 +126,35 @@ class DatasetConfig:
     template: str = "blocks"
     """synthetic-categories: 'blocks' (disjoint active feature blocks) or 'binary' (random 0/1)."""
     data_dir: str | None = None
-    """Folder holding IDX files (``<dir>/<name>/`` or ``<dir>``); None = $STUDY_DATA_DIR or ./data."""
+    """Folder of IDX files (``<dir>/<name>/`` or ``<dir>``); None = $STUDY_DATA_DIR or ./data."""
     seed: int = 0
     """Seed of the data set itself (synthetic templates and noise, MNIST subset choice)."""
+    switch_periods: tuple[int, ...] = (1, 3, 5)
+    """multiscale-stream: items between switches of each latent binary state (fast ... slow)."""
+    features_per_group: int = 2
+    """multiscale-stream: input features driven by each latent state (paper: pairs)."""
+    stream_length: int = 1000
+    """multiscale-stream: items in the training stream."""
+    test_stream_length: int = 200
+    """multiscale-stream: items in the (separately drawn) test stream."""
+    parts: int = 2
+    """no-shared-features: disjoint feature parts of each category block; consecutive items of a
+    category use different parts."""
+    run_length: int = 3
+    """no-shared-features: items of one category in a row in the stored (``stream``) order."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "switch_periods", tuple(self.switch_periods))
         _check_choice("dataset.name", self.name, DATASETS)
+        if not self.switch_periods:
+            raise ConfigError("dataset.switch_periods", self.switch_periods, "expected a period")
+        for period in self.switch_periods:
+            _check_positive_int("dataset.switch_periods", period, 1)
+        _check_positive_int("dataset.features_per_group", self.features_per_group, 1)
+        _check_positive_int("dataset.stream_length", self.stream_length, 2)
+        _check_positive_int("dataset.test_stream_length", self.test_stream_length, 1)
+        _check_positive_int("dataset.parts", self.parts, 1)
+        _check_positive_int("dataset.run_length", self.run_length, 1)
         _check_positive_int("dataset.categories", self.categories, 2)
         _check_positive_int("dataset.features", self.features, 1)
         for name in ("train_per_category", "test_per_category"):
@@ -123,16 +172,17 @@ class TrialConfig:
     model: str = "feedforward"
     """One of ``MODELS``."""
     ordering: str = "random"
-    """'random' or 'reps-k' (k consecutive items of one category; 'reps-1' = minimum smoothness)."""
+    """'random', 'stream' (the data set's own order) or 'reps-k' (k consecutive items of one
+    category; 'reps-1' = minimum smoothness)."""
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     hidden: tuple[int, ...] = (8,)
     """Hidden layer sizes; every hidden layer carries the model's memory."""
     output: str = "sigmoid"
     """Output nonlinearity, one of ``OUTPUTS``."""
     loss: str = "mse"
-    """'mse' (mean over output units) or 'cross-entropy' (categorical with softmax, binary with sigmoid)."""
+    """'mse' (mean over outputs) or 'cross-entropy' (softmax: categorical; sigmoid: binary)."""
     optimizer: str = "sgd"
-    """Plain SGD, one update per training sample."""
+    """'sgd' or 'rmsprop' (torch.optim.RMSprop semantics); one update per ``batch_size`` items."""
     learning_rate: float = 0.01
     """SGD step size, > 0."""
     leak: float = 0.5
@@ -142,7 +192,7 @@ class TrialConfig:
     gradient: str = "leak-scaled"
     """Gradient convention for leaky layers, one of ``GRADIENTS``."""
     replicates: int = 5
-    """Independent networks trained together; replicate r uses seed (seed, r) for init and ordering."""
+    """Networks trained together; replicate r seeds its init and ordering with (seed, r)."""
     epochs: int = 1
     """Passes over the training set."""
     eval_every: int = 50
@@ -156,8 +206,34 @@ class TrialConfig:
     dtype: str = "float32"
     device: str = "cpu"
     """'cpu', 'cuda' or 'auto' (CUDA when available)."""
+    task: str = "classify"
+    """'classify' (one-hot targets) or 'reconstruct' (autoencoder: target = input, sigmoid out)."""
+    group_leaks: tuple[float, ...] = (0.0, 0.3, 0.6)
+    """multiscale models: leak of each hidden-unit group (contiguous split of every hidden layer,
+    fast to slow; paper 5.2: 0, 0.3, 0.6), each in [0, 1]."""
+    reset_scope: str = "input"
+    """Threshold-reset models: 'input' (one decision per step from the whole input; resets every
+    unit) or 'group' (one decision per feature group; resets the matching hidden-unit group)."""
+    feature_groups: int = 3
+    """Contiguous equal groups of input features (and of hidden units) for reset_scope='group' and
+    per-group reconstruction error; multiscale-stream: its number of latent timescales."""
+    batch_size: int = 1
+    """Samples whose gradients are averaged per update (1 = the paper's per-sample SGD; the
+    'minibatch' model of paper A.5/A.6 sets it > 1)."""
+    rms_alpha: float = 0.99
+    """rmsprop: smoothing of the squared-gradient average (torch 'alpha'; the paper's beta2)."""
+    rms_eps: float = 1e-8
+    """rmsprop: added to the root of the squared-gradient average."""
+    momentum: float = 0.0
+    """rmsprop: torch RMSprop momentum (0 = none; the paper's beta1 = 0.9 may mean 0.9 here)."""
+    test_protocol: str = "isolated"
+    """'isolated' (each test item alone, no memory) or 'streamed' (test set in ``test_ordering``
+    order with memory and resets on, from a cleared memory; paper A.9/A.10)."""
+    test_ordering: str | None = None
+    """Ordering of the streamed test set (None = the training ordering)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "group_leaks", tuple(self.group_leaks))
         _check_choice("model", self.model, MODELS)
         check_ordering_name(self.ordering)
         if not isinstance(self.dataset, DatasetConfig):
@@ -180,13 +256,33 @@ class TrialConfig:
         _check_positive_int("eval_every", self.eval_every, 1)
         _check_choice("eval_schedule", self.eval_schedule, EVAL_SCHEDULES)
         _check_finite("target_accuracy", self.target_accuracy, 0.0, 1.0, "in (0, 1]")
+        if self.target_accuracy <= 0:
+            raise ConfigError("target_accuracy", self.target_accuracy, "expected a number > 0")
         _check_positive_int("seed", self.seed, 0)
         _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("device", self.device, DEVICES)
+        _check_choice("task", self.task, TASKS)
+        if self.task == "reconstruct" and self.output != "sigmoid":
+            raise ConfigError("output", self.output, "task='reconstruct' needs output='sigmoid'")
+        if not self.group_leaks:
+            raise ConfigError("group_leaks", self.group_leaks, "expected >= 1 leak")
+        for value in self.group_leaks:
+            _check_finite("group_leaks", value, 0.0, 1.0, "in [0, 1]")
+        _check_choice("reset_scope", self.reset_scope, RESET_SCOPES)
+        _check_positive_int("feature_groups", self.feature_groups, 1)
+        _check_positive_int("batch_size", self.batch_size, 1)
+        _check_finite("rms_alpha", self.rms_alpha, 0.0, 1.0, "in [0, 1]")
+        _check_finite("rms_eps", self.rms_eps, 0.0, math.inf, ">= 0")
+        _check_finite("momentum", self.momentum, 0.0, 1.0, "in [0, 1)")
+        if self.momentum >= 1:
+            raise ConfigError("momentum", self.momentum, "expected a number in [0, 1)")
+        _check_choice("test_protocol", self.test_protocol, TEST_PROTOCOLS)
+        if self.test_ordering is not None:
+            check_ordering_name(self.test_ordering, "test_ordering")
 
     @property
     def reps(self) -> int | None:
-        """k of a 'reps-k' ordering, None for 'random'."""
+        """k of a 'reps-k' ordering, None for 'random' and 'stream'."""
         match = _REPS.match(self.ordering)
         return int(match.group(1)) if match else None
 
@@ -198,6 +294,8 @@ class TrialConfig:
         """Plain JSON-ready dict; ``dataset`` becomes a nested dict, ``hidden`` a list."""
         out = dataclasses.asdict(self)
         out["hidden"] = list(self.hidden)
+        out["group_leaks"] = list(self.group_leaks)
+        out["dataset"]["switch_periods"] = list(self.dataset.switch_periods)
         return out
 
     @classmethod
@@ -206,7 +304,9 @@ class TrialConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(unknown[0], values[unknown[0]], f"unknown key; known: {sorted(known)}")
+            raise ConfigError(
+                unknown[0], values[unknown[0]], f"unknown key; known: {sorted(known)}"
+            )
         values = dict(values)
         if isinstance(values.get("dataset"), dict):
             dataset = dict(values["dataset"])
@@ -214,7 +314,9 @@ class TrialConfig:
             bad = sorted(set(dataset) - dataset_known)
             if bad:
                 raise ConfigError(
-                    f"dataset.{bad[0]}", dataset[bad[0]], f"unknown key; known: {sorted(dataset_known)}"
+                    f"dataset.{bad[0]}",
+                    dataset[bad[0]],
+                    f"unknown key; known: {sorted(dataset_known)}",
                 )
             values["dataset"] = DatasetConfig(**dataset)
         if "hidden" in values:

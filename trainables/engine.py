@@ -6,7 +6,12 @@ the result. Per-sample SGD cannot be batched over time, so the engine batches ov
 every weight carries a leading replicate axis and one step updates all R networks at once.
 
 Shape letters: R replicates, T stream length, L chunk of steps, N test items, I inputs,
-H hidden units of a layer, O outputs.
+H hidden units of a layer, O outputs, G groups (of hidden units / input features).
+
+Variants are data, not branches on model names: the memory rule gives each unit's base leak and
+a reset mask ([R, T] or [R, T, G]); the task gives the targets (one-hot or the input itself); the
+optimizer is either the fused per-sample SGD update (the paper's setting) or gradient buffers
+applied every ``batch_size`` samples by SGD or RMSprop.
 
 Example:
     >>> from trainables.config import DatasetConfig, TrialConfig
@@ -23,6 +28,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -34,8 +40,15 @@ import torch
 
 from trainables.config import TrialConfig
 from trainables.data import Dataset, load_dataset
-from trainables.metrics import bootstrap_ci, run_metrics, summarize
-from trainables.models import MEMORIES
+from trainables.metrics import (
+    bootstrap_ci,
+    group_metrics,
+    run_metrics,
+    summarize,
+    timescale_metrics,
+    timescale_r2,
+)
+from trainables.models import MEMORIES, MemoryParams, threshold_resets, unit_groups
 from trainables.orderings import category_changes, epoch_order, make_ordering
 
 CHUNK_STEPS = 256
@@ -52,11 +65,16 @@ class EvalPoint:
     test_accuracy: np.ndarray  # [R]
     diverged: bool
     """Some replicate's test loss is NaN or infinite; the run stops after this point."""
+    group_loss: np.ndarray | None = None
+    """reconstruct: test loss of each feature group, [R, G] (None for classify)."""
 
     def metrics(self) -> dict[str, float]:
         """Replicate means and 95% bootstrap CIs under ``eval/`` names (finite replicates only)."""
         out: dict[str, float] = {}
-        for name, values in (("test_loss", self.test_loss), ("test_accuracy", self.test_accuracy)):
+        curves = [("test_loss", self.test_loss), ("test_accuracy", self.test_accuracy)]
+        if self.group_loss is not None:
+            curves += [(f"test_loss_group{g}", v) for g, v in enumerate(self.group_loss.T)]
+        for name, values in curves:
             finite = values[np.isfinite(values)]
             if finite.size == 0:
                 continue
@@ -81,6 +99,11 @@ class TrialResult:
     """Each run metric per replicate ([R]); empty for a diverged run."""
     summary: dict[str, float] = field(default_factory=dict)
     """Replicate mean and CI of each run metric, plus ``perf/`` throughput."""
+    group_loss: np.ndarray | None = None
+    """reconstruct: per-feature-group test loss curves [R, E, G]."""
+    timescale_r2: np.ndarray | None = None
+    """Data with latent states: squared Pearson r of each first-layer hidden unit with each
+    latent over the test stream run with memory on, [R, H, G]."""
 
 
 def eval_schedule(total: int, epoch_length: int, every: int, kind: str) -> list[int]:
@@ -92,7 +115,7 @@ def eval_schedule(total: int, epoch_length: int, every: int, kind: str) -> list[
         points = set(range(0, total + 1, every))
     else:
         decades = math.log10(max(total, 1))
-        exponents = np.linspace(0.0, decades, max(2, int(math.ceil(decades * every)) + 1))
+        exponents = np.linspace(0.0, decades, max(2, math.ceil(decades * every) + 1))
         points = {0, *np.unique(np.round(10.0**exponents).astype(int)).tolist()}
     points.update(range(epoch_length, total + 1, epoch_length))
     points.add(total)
@@ -100,7 +123,7 @@ def eval_schedule(total: int, epoch_length: int, every: int, kind: str) -> list[
 
 
 def _replicate_seed(seed: int, replicate: int, stream: int) -> int:
-    """Independent 63-bit seed for (base seed, replicate, purpose); purpose 0 = ordering, 1 = init."""
+    """Independent 63-bit seed for (base seed, replicate, purpose): 0 = ordering, 1 = init."""
     state = np.random.SeedSequence([seed, replicate, stream]).generate_state(2, dtype=np.uint32)
     return int(state[0]) << 31 | int(state[1]) >> 1
 
@@ -118,6 +141,8 @@ class TrialRun:
         replicate_ids: which replicate seeds to train (default 0..R-1); ``[r]`` reproduces
             replicate r of a larger run on its own.
         data: an already loaded data set (default: built from ``config.dataset``).
+        reset_threshold: per-replicate reset thresholds [R] (default: ``config.reset_threshold``).
+        group_leaks: per-replicate group leaks [R, G] or [G] (default: ``config.group_leaks``).
     """
 
     def __init__(
@@ -128,25 +153,42 @@ class TrialRun:
         leak: Sequence[float] | None = None,
         replicate_ids: Sequence[int] | None = None,
         data: Dataset | None = None,
+        reset_threshold: Sequence[float] | None = None,
+        group_leaks: Sequence[Sequence[float]] | Sequence[float] | None = None,
     ) -> None:
         # --- resolve the config -----------------------------------------------------------------
         self.config = config
         r = config.replicates
         self.replicate_ids = list(range(r)) if replicate_ids is None else list(replicate_ids)
         if len(self.replicate_ids) != r:
-            raise ValueError(f"len(replicate_ids) == replicates must hold, got {self.replicate_ids}")
-        self.learning_rate = np.broadcast_to(
-            np.asarray(config.learning_rate if learning_rate is None else learning_rate, float), (r,)
+            raise ValueError(
+                f"len(replicate_ids) == replicates must hold, got {self.replicate_ids}"
+            )
+        per_replicate = lambda v, d: np.broadcast_to(  # noqa: E731
+            np.asarray(d if v is None else v, float), (r,)
         ).copy()
-        self.leak = np.broadcast_to(
-            np.asarray(config.leak if leak is None else leak, float), (r,)
-        ).copy()
+        self.learning_rate = per_replicate(learning_rate, config.learning_rate)
+        self.leak = per_replicate(leak, config.leak)
+        self.reset_threshold = per_replicate(reset_threshold, config.reset_threshold)
+        leaks = np.asarray(config.group_leaks if group_leaks is None else group_leaks, float)
+        self.group_leaks = np.broadcast_to(leaks, (r, leaks.shape[-1])).copy()  # [R, G]
         if config.device == "auto":
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         else:
             self.device = torch.device(config.device)
         self.dtype = torch.float64 if config.dtype == "float64" else torch.float32
         as_tensor = lambda a: torch.as_tensor(a, dtype=self.dtype, device=self.device)  # noqa: E731
+        memory = MEMORIES[config.model]
+        if (
+            config.reset_scope == "group"
+            and config.model == "multiscale-reset"
+            and config.feature_groups != self.group_leaks.shape[1]
+        ):
+            raise ValueError(
+                "feature_groups == len(group_leaks) must hold for multiscale-reset with "
+                f"reset_scope='group', got feature_groups={config.feature_groups}, "
+                f"group_leaks={config.group_leaks}"
+            )
 
         # --- data and orderings -----------------------------------------------------------------
         self.data = load_dataset(config.dataset) if data is None else data
@@ -165,16 +207,25 @@ class TrialRun:
         self.eval_points = eval_schedule(
             self.total_samples, self.epoch_length, config.eval_every, config.eval_schedule
         )
-        memory = MEMORIES[config.model]
-        resets = memory.resets(category_changes(self.data.train_y[order]))  # [R, T] or None
-        self._order = torch.as_tensor(order, device=self.device)
-        self._keep = None if resets is None else as_tensor(~resets)  # 1 keeps memory, 0 resets
         self._train_x = as_tensor(self.data.train_x)  # [Ntrain, I]
-        num_outputs = self.data.num_classes
-        self._targets = as_tensor(np.eye(num_outputs)[self.data.train_y])  # one-hot [Ntrain, O]
         self._test_x = as_tensor(self.data.test_x)  # [N, I]
         self._test_y = torch.as_tensor(self.data.test_y, device=self.device)  # [N]
-        self._test_targets = as_tensor(np.eye(num_outputs)[self.data.test_y])  # [N, O]
+        self._reconstruct = config.task == "reconstruct"
+        if self._reconstruct:  # autoencoder: the target is the input itself
+            num_outputs = self.data.num_features
+            self._targets = self._train_x
+            self._test_targets = self._test_x
+        else:
+            num_outputs = self.data.num_classes
+            self._targets = as_tensor(np.eye(num_outputs)[self.data.train_y])  # one-hot [Ntr, O]
+            self._test_targets = as_tensor(np.eye(num_outputs)[self.data.test_y])  # [N, O]
+        self._memory = memory
+        self._memory_params = MemoryParams(
+            self.leak, self.group_leaks, self.reset_threshold, config.reset_scope,
+            config.feature_groups,
+        )
+        self._order = torch.as_tensor(order, device=self.device)
+        self._keep = self._keep_mask(order, self.data.train_x, self.data.train_y)  # [R, T, 1|G]
 
         # --- R networks: Xavier-uniform weights, zero biases, one generator per replicate -------
         sizes = [self.data.num_features, *config.hidden, num_outputs]
@@ -184,7 +235,7 @@ class TrialRun:
             torch.Generator().manual_seed(_replicate_seed(config.seed, rid, 1))
             for rid in self.replicate_ids
         ]
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        for fan_in, fan_out in itertools.pairwise(sizes):
             bound = math.sqrt(6.0 / (fan_in + fan_out))
             # RNG draw in float64 on CPU, so init is identical for every dtype and device
             w = torch.stack([
@@ -193,21 +244,84 @@ class TrialRun:
             ])
             self.weights.append(w.to(self.dtype).to(self.device))
             self.biases.append(torch.zeros(r, fan_out, dtype=self.dtype, device=self.device))
-        self._unit_leak = [as_tensor(memory.unit_leak(self.leak, size)) for size in config.hidden]
+        self._unit_leak = [
+            as_tensor(memory.layer_leak(self._memory_params, size)) for size in config.hidden
+        ]  # [R, H] per layer
+        self._one_minus_leak = [1 - a for a in self._unit_leak]  # (1 - a) when never reset
         self._hidden = [torch.zeros(r, size, dtype=self.dtype, device=self.device)
                         for size in config.hidden]  # H(n-1) of each hidden layer, [R, H]
         self._lr = as_tensor(self.learning_rate)[:, None]  # [R, 1]
         self._scaled = config.gradient == "leak-scaled"
         self._output_grad = _output_gradient(config.output, config.loss, num_outputs)
+        # fused: W -= (lr dL/dz) (x) input in place, per sample (the paper's SGD, fastest path);
+        # otherwise gradients go to buffers applied every batch_size samples (minibatch, rmsprop)
+        self._fused = config.optimizer == "sgd" and config.batch_size == 1
+        zeros = lambda t: torch.zeros_like(t)  # noqa: E731
+        params = [*self.weights, *self.biases]
+        self._grads = [] if self._fused else [zeros(p) for p in params]
+        self._square_avg = [zeros(p) for p in params] if config.optimizer == "rmsprop" else []
+        self._momentum_buf = (
+            [zeros(p) for p in params] if config.optimizer == "rmsprop" and config.momentum else []
+        )
+        self._pending = 0  # samples in the gradient buffers
+        streamed = config.test_protocol == "streamed"
+        self._test_streams = self._test_stream_order() if streamed else None
 
-        # --- progress -----------------------------------------------------------------------------
+        # --- progress -------------------------------------------------------------------------
         self.step = 0  # samples seen
         self._next_eval = 0
         self._curve_loss: list[np.ndarray] = []
         self._curve_accuracy: list[np.ndarray] = []
+        self._curve_group: list[np.ndarray] = []
         self._diverged = False
         self._train_seconds = 0.0
         self._seconds = 0.0
+
+    # ------------------------------------------------------------------------------------------
+    def _keep_mask(
+        self, order: np.ndarray, inputs: np.ndarray, labels: np.ndarray
+    ) -> torch.Tensor | None:
+        """1 keeps memory, 0 resets: [R, T, 1] (whole layer) or [R, T, G] (unit groups); None."""
+        x = torch.as_tensor(inputs, dtype=self.dtype, device=self.device)
+        order_t = torch.as_tensor(order, device=self.device)
+
+        def input_resets(thresholds: np.ndarray, groups: int | None) -> np.ndarray:
+            # the rule on consecutive items of each replicate's stream, in chunks (MNIST-sized
+            # streams would not fit at once); the first item of the stream always resets
+            threshold_t = torch.as_tensor(thresholds, dtype=self.dtype, device=self.device)
+            parts = []
+            for start in range(0, order.shape[1], 4096):
+                index = order_t[:, max(start - 1, 0) : start + 4096]
+                chunk = x.index_select(0, index.reshape(-1)).view(*index.shape, -1)
+                resets = threshold_resets(chunk[:, :-1], chunk[:, 1:], threshold_t, groups)
+                if start == 0:
+                    first = torch.ones_like(resets[:, :1])
+                    resets = torch.cat([first, resets], dim=1)
+                parts.append(resets.cpu().numpy())
+            return np.concatenate(parts, axis=1)
+
+        resets = self._memory.reset_mask(
+            category_changes(labels[order]), input_resets, self._memory_params
+        )
+        if resets is None:
+            return None
+        keep = ~np.asarray(resets, dtype=bool)
+        keep = keep[:, :, None] if keep.ndim == 2 else keep
+        return torch.as_tensor(keep, dtype=self.dtype, device=self.device)
+
+    def _leaks(self, keep: torch.Tensor | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """a and 1 - a of each hidden layer over a stretch of steps: [R, L, H] (or [R, 1, H])."""
+        if keep is None:
+            gains = [g[:, None] for g in self._one_minus_leak]
+            return [a[:, None] for a in self._unit_leak], gains
+        leaks = []
+        for a in self._unit_leak:
+            if keep.shape[2] == 1:
+                leaks.append(a[:, None, :] * keep)  # a = 0 on a reset step
+            else:  # per-group resets: unit group g follows keep[..., g]
+                index = torch.as_tensor(unit_groups(a.shape[1], keep.shape[2]), device=a.device)
+                leaks.append(a[:, None, :] * keep[:, :, index])
+        return leaks, [1 - a for a in leaks]
 
     # ------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[EvalPoint]:
@@ -220,69 +334,177 @@ class TrialRun:
             self._seconds += time.perf_counter() - started
             yield point
 
+    def _forward(
+        self, x: torch.Tensor, leaks: list[torch.Tensor], hidden: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+        """One step of every replicate: inputs of each layer, hidden pre-activations, output z.
+
+        Hidden layers H = a H(n-1) + (1 - a) ReLU(W x + b) with ``leaks`` a [R, H]; ``hidden``
+        holds H(n-1) and is updated in place.
+        """
+        weights, biases = self.weights, self.biases
+        depth = len(hidden)
+        inputs, pres = [x], []
+        for layer in range(depth):
+            pre = _linear(weights[layer], biases[layer], inputs[-1])  # [R, H]
+            h = torch.lerp(torch.relu(pre), hidden[layer], leaks[layer])  # a*H(n-1) + (1-a)*ReLU
+            hidden[layer] = h
+            inputs.append(h)
+            pres.append(pre)
+        return inputs, pres, _linear(weights[depth], biases[depth], inputs[-1])  # z [R, O]
+
     @torch.no_grad()
     def _train_until(self, stop: int) -> None:
         """Per-sample SGD on every replicate from ``self.step`` up to ``stop`` samples."""
         weights, biases, hidden = self.weights, self.biases, self._hidden
         depth = len(hidden)
+        r = len(self.replicate_ids)
         while self.step < stop:
             start, end = self.step, min(stop, self.step + CHUNK_STEPS)
-            items = self._order[:, start:end]  # [R, L]
-            chunk_x = self._train_x[items]  # [R, L, I]
-            chunk_t = self._targets[items]  # [R, L, O]
-            chunk_keep = None if self._keep is None else self._keep[:, start:end]  # [R, L]
+            items = self._order[:, start:end].reshape(-1)  # [R * L]
+            chunk_x = self._train_x.index_select(0, items).view(r, end - start, -1)  # [R, L, I]
+            chunk_t = self._targets.index_select(0, items).view(r, end - start, -1)  # [R, L, O]
+            keep = None if self._keep is None else self._keep[:, start:end]  # [R, L, 1|G]
+            chunk_a, chunk_gain = self._leaks(keep)  # a and 1 - a, [R, L or 1, H]
+            per_step = keep is not None
             for j in range(end - start):
-                x = chunk_x[:, j]  # [R, I]
                 # ===== forward: leaky hidden layers, H = a H(n-1) + (1 - a) ReLU(W x + b) ========
-                inputs, pres, leaks = [x], [], []
-                for layer in range(depth):
-                    a = self._unit_leak[layer]  # [R, H]
-                    if chunk_keep is not None:
-                        a = a * chunk_keep[:, j, None]  # a = 0 on a reset step
-                    pre = _linear(weights[layer], biases[layer], inputs[-1])  # [R, H]
-                    h = torch.lerp(torch.relu(pre), hidden[layer], a)  # a*H(n-1) + (1-a)*ReLU
-                    hidden[layer] = h
-                    inputs.append(h)
-                    pres.append(pre)
-                    leaks.append(a)
-                z = _linear(weights[depth], biases[depth], inputs[-1])  # [R, O]
+                leaks = [a[:, j if per_step else 0] for a in chunk_a]
+                inputs, pres, z = self._forward(chunk_x[:, j], leaks, hidden)
                 # ===== backward, by hand: H(n-1) is a constant (no gradient through time) ========
-                delta = self._output_grad(z, chunk_t[:, j]) * self._lr  # lr * dL/dz, [R, O]
+                delta = self._output_grad(z, chunk_t[:, j])  # dL/dz, [R, O]
+                if self._fused:
+                    delta = delta * self._lr  # lr * dL/dz
                 for layer in range(depth, -1, -1):
                     if layer < depth:
                         # dL/dpre = dL/dH * ReLU'(pre) * (1 - a)   [leak-scaled]
                         #         = dL/dH * ReLU'(pre)             [leak-unscaled]
                         grad_h = delta
                         if self._scaled:
-                            grad_h = grad_h * (1 - leaks[layer])
+                            grad_h = grad_h * chunk_gain[layer][:, j if per_step else 0]
                         delta = torch.where(pres[layer] > 0, grad_h, 0.0)  # [R, H]
                     if layer > 0:
                         back = torch.bmm(delta[:, None, :], weights[layer])[:, 0, :]  # W^T delta
-                    # SGD: W -= lr * delta (x) input, all replicates in one batched outer product
-                    weights[layer].addcmul_(delta[:, :, None], inputs[layer][:, None, :], value=-1)
-                    biases[layer].sub_(delta)
+                    if self._fused:
+                        # SGD: W -= lr * delta (x) input, one batched outer product
+                        weights[layer].addcmul_(
+                            delta[:, :, None], inputs[layer][:, None, :], value=-1
+                        )
+                        biases[layer].sub_(delta)
+                    else:  # accumulate dL/dW, dL/db
+                        self._grads[layer].addcmul_(delta[:, :, None], inputs[layer][:, None, :])
+                        self._grads[depth + 1 + layer].add_(delta)
                     if layer > 0:
                         delta = back
+                if not self._fused:
+                    self._pending += 1
+                    at = start + j + 1
+                    if self._pending == self.config.batch_size or at == self.total_samples:
+                        self._apply_gradients()
             self.step = end
+
+    def _apply_gradients(self) -> None:
+        """One optimizer step with the mean of the buffered per-sample gradients."""
+        config = self.config
+        params = [*self.weights, *self.biases]
+        for index, (param, grad) in enumerate(zip(params, self._grads, strict=True)):
+            if self._pending > 1:
+                grad.div_(self._pending)  # mean over the batch
+            lr = self._lr if param.dim() == 2 else self._lr[:, :, None]  # [R, 1(, 1)]
+            if config.optimizer == "rmsprop":
+                # torch.optim.RMSprop: v = alpha v + (1 - alpha) g^2; p -= lr g / (sqrt(v) + eps)
+                square_avg = self._square_avg[index]
+                square_avg.mul_(config.rms_alpha).addcmul_(grad, grad, value=1 - config.rms_alpha)
+                step = grad / square_avg.sqrt().add_(config.rms_eps)
+                if self._momentum_buf:
+                    step = self._momentum_buf[index].mul_(config.momentum).add_(step)
+                param.sub_(lr * step)
+            else:
+                param.sub_(lr * grad)
+            grad.zero_()
+        self._pending = 0
+
+    # ------------------------------------------------------------------------------------------
+    def _test_stream_order(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Streamed protocol: test item order per replicate [R, N] and its keep mask."""
+        name = self.config.test_ordering or self.config.ordering
+        ordering = make_ordering(name)
+        # seed (seed, replicate, 7): its own stream, the same in every model (paired)
+        order = np.stack([
+            epoch_order(self.data.test_y, ordering, (self.config.seed, rid, 7), 0)
+            for rid in self.replicate_ids
+        ])
+        keep = self._keep_mask(order, self.data.test_x, self.data.test_y)
+        return torch.as_tensor(order, device=self.device), keep
+
+    def _stream_hidden(
+        self, order: torch.Tensor, keep: torch.Tensor | None, record: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run test items through every replicate in ``order`` [R, N] with memory, from a cleared
+        memory, no learning. Returns logits [R, N, O] and, if ``record``, first-layer H [R, N, H].
+        """
+        r, n = order.shape
+        hidden = [torch.zeros_like(h) for h in self._hidden]
+        x = self._test_x.index_select(0, order.reshape(-1)).view(r, n, -1)
+        chunk_a, _ = self._leaks(keep)
+        per_step = keep is not None
+        outputs, states = [], []
+        for j in range(n):
+            leaks = [a[:, j if per_step else 0] for a in chunk_a]
+            _, _, z = self._forward(x[:, j], leaks, hidden)
+            outputs.append(z)
+            if record:
+                states.append(hidden[0])
+        return torch.stack(outputs, dim=1), torch.stack(states, dim=1) if record else None
 
     @torch.no_grad()
     def _evaluate(self) -> EvalPoint:
-        """Test loss and accuracy of every replicate, each test item alone (memory reset)."""
-        h = self._test_x  # [N, I], shared by all replicates
-        depth = len(self._hidden)
-        for layer in range(depth + 1):
-            # [N, I] @ [R, I, H] -> [R, N, H]; a lone item has no memory: H = ReLU(W x + b)
-            z = torch.matmul(h, self.weights[layer].transpose(1, 2)) + self.biases[layer][:, None]
-            h = torch.relu(z) if layer < depth else z
-        loss = _item_loss(z, self._test_targets, self._test_y, self.config)  # [R, N]
+        """Test loss and accuracy of every replicate (isolated items, or streamed with memory)."""
+        if self._test_streams is None:
+            h = self._test_x  # [N, I], shared by all replicates
+            depth = len(self._hidden)
+            for layer in range(depth + 1):
+                # [N, I] @ [R, I, H] -> [R, N, H]; a lone item has no memory: H = ReLU(W x + b)
+                z = torch.matmul(h, self.weights[layer].transpose(1, 2))
+                z = z + self.biases[layer][:, None]
+                h = torch.relu(z) if layer < depth else z
+            targets, labels = self._test_targets, self._test_y
+        else:
+            order, keep = self._test_streams
+            z, _ = self._stream_hidden(order, keep, record=False)  # [R, N, O] in stream order
+            targets, labels = self._test_targets[order], self._test_y[order]
+        loss = _item_loss(z, targets, labels, self.config)  # [R, N]
         test_loss = loss.mean(dim=1).double().cpu().numpy()  # host sync
-        accuracy = (z.argmax(dim=2) == self._test_y).double().mean(dim=1).cpu().numpy()
+        if self._reconstruct:  # no categories to get right
+            accuracy = np.full_like(test_loss, np.nan)
+            group_loss = _group_loss(z, targets, self.config.feature_groups)
+            self._curve_group.append(group_loss)
+        else:
+            accuracy = (z.argmax(dim=2) == labels).double().mean(dim=1).cpu().numpy()
+            group_loss = None
         self._diverged = not bool(np.isfinite(test_loss).all())
         self._curve_loss.append(test_loss)
         self._curve_accuracy.append(accuracy)
-        point = EvalPoint(self._next_eval, self.step, test_loss, accuracy, self._diverged)
+        point = EvalPoint(
+            self._next_eval, self.step, test_loss, accuracy, self._diverged, group_loss
+        )
         self._next_eval += 1
         return point
+
+    @torch.no_grad()
+    def timescale_correlations(self) -> np.ndarray | None:
+        """Squared Pearson r [R, H, G] of first-layer hidden units with the test latents.
+
+        The test stream runs in its natural order (where its timescales live) with memory and
+        resets on, from a cleared memory; None when the data set has no latent states.
+        """
+        if self.data.test_latent is None:
+            return None
+        n = len(self.data.test_y)
+        order = torch.arange(n, device=self.device).expand(len(self.replicate_ids), n)
+        keep = self._keep_mask(order.cpu().numpy(), self.data.test_x, self.data.test_y)
+        _, states = self._stream_hidden(order, keep, record=True)
+        return timescale_r2(states.double().cpu().numpy(), self.data.test_latent)
 
     # ------------------------------------------------------------------------------------------
     def result(self) -> TrialResult:
@@ -291,11 +513,20 @@ class TrialRun:
         loss = np.stack(self._curve_loss, axis=1) if self._curve_loss else np.zeros((0, 0))
         accuracy = np.stack(self._curve_accuracy, axis=1) if self._curve_accuracy else loss
         result = TrialResult(self.config, samples, loss, accuracy, self._diverged, self._seconds)
+        if self._curve_group:
+            result.group_loss = np.stack(self._curve_group, axis=1)  # [R, E, G]
         if self._diverged or samples.size < 2:
             return result
         result.per_replicate = run_metrics(
             samples, loss, accuracy, self.epoch_length, self.config.target_accuracy
         )
+        if result.group_loss is not None:
+            result.per_replicate.update(
+                group_metrics(samples, result.group_loss, self.epoch_length)
+            )
+        result.timescale_r2 = self.timescale_correlations()
+        if result.timescale_r2 is not None:
+            result.per_replicate.update(timescale_metrics(result.timescale_r2))
         result.summary = summarize(result.per_replicate)
         if self._train_seconds > 0:
             replicate_samples = self.config.replicates * int(samples[-1])
@@ -311,13 +542,22 @@ class TrialRun:
             "replicate_ids": list(self.replicate_ids),
             "learning_rate": self.learning_rate.tolist(),
             "leak": self.leak.tolist(),
+            "reset_threshold": self.reset_threshold.tolist(),
+            "group_leaks": self.group_leaks.tolist(),
             "step": self.step,
             "next_eval": self._next_eval,
             "weights": [w.cpu().clone() for w in self.weights],
             "biases": [b.cpu().clone() for b in self.biases],
             "hidden": [h.cpu().clone() for h in self._hidden],
+            "optimizer": {
+                "grads": [g.cpu().clone() for g in self._grads],
+                "square_avg": [v.cpu().clone() for v in self._square_avg],
+                "momentum_buf": [m.cpu().clone() for m in self._momentum_buf],
+                "pending": self._pending,
+            },
             "curve_loss": [c.copy() for c in self._curve_loss],
             "curve_accuracy": [c.copy() for c in self._curve_accuracy],
+            "curve_group": [c.copy() for c in self._curve_group],
             "diverged": self._diverged,
             "train_seconds": self._train_seconds,
             "seconds": self._seconds,
@@ -326,14 +566,16 @@ class TrialRun:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` of a run of the same config and replicates."""
         mismatch = [
-            (key, state[key], mine)
+            (key, state.get(key, mine), mine)
             for key, mine in (
                 ("config", self.config.to_dict()),
                 ("replicate_ids", list(self.replicate_ids)),
                 ("learning_rate", self.learning_rate.tolist()),
                 ("leak", self.leak.tolist()),
+                ("reset_threshold", self.reset_threshold.tolist()),
+                ("group_leaks", self.group_leaks.tolist()),
             )
-            if state[key] != mine
+            if state.get(key, mine) != mine
         ]
         if mismatch:
             key, theirs, mine = mismatch[0]
@@ -342,10 +584,17 @@ class TrialRun:
         self.weights = [put(w) for w in state["weights"]]
         self.biases = [put(b) for b in state["biases"]]
         self._hidden = [put(h) for h in state["hidden"]]
+        optimizer = state.get("optimizer")
+        if optimizer is not None:
+            self._grads = [put(g) for g in optimizer["grads"]]
+            self._square_avg = [put(v) for v in optimizer["square_avg"]]
+            self._momentum_buf = [put(m) for m in optimizer["momentum_buf"]]
+            self._pending = int(optimizer["pending"])
         self.step = int(state["step"])
         self._next_eval = int(state["next_eval"])
         self._curve_loss = [np.asarray(c) for c in state["curve_loss"]]
         self._curve_accuracy = [np.asarray(c) for c in state["curve_accuracy"]]
+        self._curve_group = [np.asarray(c) for c in state.get("curve_group", [])]
         self._diverged = bool(state["diverged"])
         self._train_seconds = float(state["train_seconds"])
         self._seconds = float(state["seconds"])
@@ -358,6 +607,16 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.
     slow path (about 13x slower for 8 x 392 x 784, measured with torch 2.13).
     """
     return torch.baddbmm(bias[:, None, :], x[:, None, :], weight.transpose(1, 2))[:, 0, :]
+
+
+def _group_loss(z: torch.Tensor, targets: torch.Tensor, groups: int) -> np.ndarray:
+    """reconstruct: mean squared error of sigmoid(z) per feature group, [R, G]."""
+    error = (torch.sigmoid(z) - targets) ** 2  # [R, N, O]
+    index = torch.as_tensor(unit_groups(error.shape[2], groups), device=error.device)
+    sums = torch.zeros(*error.shape[:2], groups, dtype=error.dtype, device=error.device)
+    sums.index_add_(2, index, error)
+    sizes = torch.bincount(index, minlength=groups).to(error.dtype)
+    return (sums.mean(dim=1) / sizes).double().cpu().numpy()
 
 
 def run_trial(config: TrialConfig, **kwargs: Any) -> TrialResult:

@@ -14,7 +14,11 @@ Example:
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
+
+from trainables.models import unit_groups
 
 OBJECTIVES: dict[str, str] = {
     "test_loss_auc": "min",
@@ -23,7 +27,15 @@ OBJECTIVES: dict[str, str] = {
     "final_test_accuracy": "max",
     "samples_to_target": "min",
 }
-"""Run metrics a study may optimise, with their direction."""
+"""Run metrics a study may optimise, with their direction. Autoencoders (task 'reconstruct')
+have no accuracy (NaN, so the accuracy-based metrics are NaN)."""
+
+LATENT_OBJECTIVES: dict[str, str] = {
+    "timescale_selectivity": "max",
+    "timescale_selectivity_best": "max",
+}
+"""Further run metrics of data sets with latent states (multiscale-stream), with direction.
+Autoencoders also report ``test_loss_auc_group{g}`` and ``final_test_loss_group{g}`` (min)."""
 
 BOOTSTRAP_RESAMPLES = 2000
 CONFIDENCE = 0.95
@@ -70,6 +82,78 @@ def run_metrics(
         "samples_to_target": to_target,
         "target_reached": reached.astype(np.float64),
     }
+
+
+def group_metrics(
+    samples_seen: np.ndarray, group_loss: np.ndarray, epoch_length: int
+) -> dict[str, np.ndarray]:
+    """Per-feature-group run metrics ([R] arrays) from curves [R, E, G] (autoencoders).
+
+    ``test_loss_auc_group{g}`` and ``final_test_loss_group{g}``; g counts feature groups in input
+    order (multiscale-stream: fast first).
+    """
+    out: dict[str, np.ndarray] = {}
+    for g in range(group_loss.shape[2]):
+        curve = group_loss[:, :, g]
+        out[f"test_loss_auc_group{g}"] = first_epoch_auc(samples_seen, curve, epoch_length)
+        out[f"final_test_loss_group{g}"] = curve[:, -1].astype(np.float64)
+    return out
+
+
+def timescale_r2(states: np.ndarray, latent: np.ndarray) -> np.ndarray:
+    """Squared Pearson correlation of each hidden unit with each latent, [R, H, G].
+
+    ``states`` [R, N, H] hidden activity over a stream, ``latent`` [N, G] its latent states. A
+    unit (or latent) that never varies has no defined correlation; it counts as r^2 = 0.
+
+    >>> t = np.arange(8.0)
+    >>> latent = np.stack([t % 2, (t // 4) % 2], axis=1)  # fast, slow
+    >>> timescale_r2(latent[None], latent).round(2).tolist()
+    [[[1.0, 0.0], [0.0, 1.0]]]
+    """
+    h = states - states.mean(axis=1, keepdims=True)
+    z = latent - latent.mean(axis=0, keepdims=True)
+    cov = np.einsum("rnh,ng->rhg", h, z)
+    scale = np.sqrt(np.einsum("rnh,rnh->rh", h, h))[:, :, None] * np.sqrt((z * z).sum(axis=0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.where(scale > 0, cov / scale, 0.0)
+    return r**2
+
+
+def timescale_metrics(r2: np.ndarray) -> dict[str, np.ndarray]:
+    """Timescale selectivity (paper Fig. 3E) per replicate from r^2 [R, H, G].
+
+    Hidden units are split into G contiguous groups in memory order (as the multiscale leaks:
+    fast, medium, slow), and group g is matched with latent g (fast, medium, slow). M[g, k] is the
+    mean r^2 of unit group g with latent k. ``timescale_selectivity`` is the mean over g of
+    M[g, g] minus the mean of M[g, k != g] (matched minus non-matched); for memoryless and
+    uniform-leak nets the units in the same positions are used, as in the paper.
+    ``timescale_selectivity_best`` takes the best one-to-one assignment of unit groups to latents
+    instead of memory order (does the net un-mix at all, whichever units do it?). Also reports
+    each ``timescale_r2_unit{g}_latent{k}`` = M[g, k].
+    """
+    groups = r2.shape[2]
+    index = unit_groups(r2.shape[1], groups)
+    matrix = np.stack([r2[:, index == g].mean(axis=1) for g in range(groups)], axis=1)  # [R,G,G]
+
+    def selectivity(assign: tuple[int, ...]) -> np.ndarray:
+        rows = []
+        for g, k in enumerate(assign):
+            others = [m for m in range(groups) if m != k]
+            rest = matrix[:, g, others].mean(axis=1) if others else 0.0
+            rows.append(matrix[:, g, k] - rest)
+        return np.mean(rows, axis=0)
+
+    out = {
+        "timescale_selectivity": selectivity(tuple(range(groups))),
+        "timescale_selectivity_best": np.max(
+            [selectivity(p) for p in itertools.permutations(range(groups))], axis=0
+        ),
+    }
+    for g in range(groups):
+        for k in range(groups):
+            out[f"timescale_r2_unit{g}_latent{k}"] = matrix[:, g, k]
+    return out
 
 
 def bootstrap_ci(

@@ -35,6 +35,8 @@ class Ordering(ABC):
     """
 
     name: str
+    keeps_data_order: bool = False
+    """True: an epoch is the data set's own order (a stream); :meth:`label_sequence` is unused."""
 
     @abstractmethod
     def label_sequence(
@@ -66,6 +68,24 @@ class RandomOrdering(Ordering):
         return rng.permutation(np.repeat(np.arange(counts.size), counts))
 
 
+class StreamOrdering(Ordering):
+    """The data set's natural order, the same in every epoch (streams such as multiscale-stream).
+
+    Stream data sets store their items in presentation order and carry their own temporal
+    structure, so reordering them would destroy it. Nothing is drawn: every replicate and every
+    epoch sees the same sequence (replicates still differ in their initial weights).
+    """
+
+    name = "stream"
+    keeps_data_order = True
+
+    def label_sequence(
+        self, counts: np.ndarray, category_order: np.ndarray, rng: np.random.Generator
+    ) -> np.ndarray:
+        # not used by epoch_order (keeps_data_order); labels grouped, to honour the contract
+        return np.repeat(np.arange(counts.size), counts)
+
+
 class RepsOrdering(Ordering):
     """k consecutive items of one category, categories visited in the category permutation.
 
@@ -95,10 +115,12 @@ class RepsOrdering(Ordering):
 
 
 def make_ordering(name: str) -> Ordering:
-    """The ordering called ``name`` ('random' or 'reps-k')."""
+    """The ordering called ``name`` ('random', 'stream' or 'reps-k')."""
     check_ordering_name(name)
     if name == "random":
         return RandomOrdering()
+    if name == "stream":
+        return StreamOrdering()
     return RepsOrdering(int(name.split("-", 1)[1]))
 
 
@@ -109,8 +131,11 @@ def epoch_order(
 
     ``seed`` (e.g. (base seed, replicate)) and ``epoch`` fix the shared draws: first the
     within-category item order of every category, then the category permutation. Only after
-    them may the ordering draw, so its extra draws cannot disturb the pairing.
+    them may the ordering draw, so its extra draws cannot disturb the pairing. An ordering that
+    keeps the data order (``stream``) gives 0..N-1.
     """
+    if ordering.keeps_data_order:
+        return np.arange(labels.size, dtype=np.int64)
     rng = np.random.default_rng([*seed, epoch])
     num_classes = int(labels.max()) + 1
     queues = [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]

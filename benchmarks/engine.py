@@ -1,0 +1,180 @@
+"""Replicate-samples per second: a hand-written per-sample loop vs. the batched engine, one run.
+
+Side by side, on the same machine and in the same process:
+  (a) naive: what a researcher writes by hand -- one ``nn.Module`` (the paper's leaky hidden layer
+      with oracle reset), autograd, ``torch.optim.SGD``, batch size 1; R networks would be trained
+      one after another, so its aggregate throughput is its single-network throughput;
+  (b) engine: ``trainables.engine.TrialRun`` training R replicates at once, R = 1, 8, 64, 1024.
+Both run the same model (``leaky-reset`` by default), sigmoid output, MSE, float32, 1 thread.
+Only training steps are timed (the engine's ``perf/replicate_samples_per_second`` excludes the
+two test evaluations; the naive loop has none).
+
+Inputs are random uniform [0, 1] vectors of the net's input size with random labels (the timing
+does not depend on the values), held in an in-memory ``Dataset``.
+
+    python benchmarks/engine.py [--nets 16-8-4 784-392-10] [--replicates 1 8 64 1024]
+                                [--model leaky-reset] [--out benchmarks/results/engine.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainables.config import DatasetConfig, TrialConfig
+from trainables.data import Dataset
+from trainables.engine import TrialRun
+
+# (net, replicates) -> training steps timed; sized so the whole benchmark takes about a minute
+ENGINE_STEPS = {"16-8-4": 4000, "784-392-10": 400}
+ENGINE_STEPS_BIG_R = {"16-8-4": 2000, "784-392-10": 16}  # R >= 64: fewer steps, same accuracy
+NAIVE_STEPS = {"16-8-4": 3000, "784-392-10": 600}
+
+
+def random_dataset(sizes: list[int], items: int, seed: int = 0) -> Dataset:
+    """``items`` random inputs of ``sizes[0]`` features with labels in 0..sizes[-1]-1."""
+    rng = np.random.default_rng(seed)
+    classes = sizes[-1]
+    x = rng.uniform(0, 1, size=(items, sizes[0])).astype(np.float32)
+    y = (np.arange(items) % classes).astype(np.int64)
+    test_x = rng.uniform(0, 1, size=(classes * 2, sizes[0])).astype(np.float32)
+    test_y = (np.arange(classes * 2) % classes).astype(np.int64)
+    return Dataset("random", x, y, test_x, test_y, classes)
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) the naive loop
+# ---------------------------------------------------------------------------------------------
+class NaiveLeakyNet(nn.Module):
+    """Fully connected net, leaky ReLU hidden layers H = a H(n-1) + (1-a) ReLU(W x + b)."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(i, o) for i, o in itertools.pairwise(sizes))
+        for layer in self.layers:
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        self.memory = [torch.zeros(layer.out_features) for layer in self.layers[:-1]]
+
+    def forward(self, x: torch.Tensor, a: float) -> torch.Tensor:
+        h = x
+        for index, layer in enumerate(self.layers[:-1]):
+            h = a * self.memory[index] + (1 - a) * torch.relu(layer(h))
+            self.memory[index] = h.detach()
+        return torch.sigmoid(self.layers[-1](h))
+
+
+def naive_throughput(sizes: list[int], data: Dataset, steps: int, leak: float) -> float:
+    """Samples per second of one network trained per sample with autograd + SGD."""
+    torch.manual_seed(0)
+    net = NaiveLeakyNet(sizes)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
+    loss_fn = nn.MSELoss()
+    x = torch.as_tensor(data.train_x)
+    targets = nn.functional.one_hot(torch.as_tensor(data.train_y), sizes[-1]).float()
+    labels = data.train_y.tolist()
+    started = time.perf_counter()
+    previous = None
+    for n in range(steps):
+        item = n % len(labels)
+        a = 0.0 if labels[item] != previous else leak  # oracle reset on a category change
+        previous = labels[item]
+        y = net(x[item], a)
+        loss = loss_fn(y, targets[item])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return steps / (time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) the engine
+# ---------------------------------------------------------------------------------------------
+def engine_throughput(
+    sizes: list[int], data: Dataset, replicates: int, model: str, dtype: str
+) -> tuple[float, int]:
+    """Replicate-samples per second of one TrialRun over the whole (small) training set."""
+    config = TrialConfig(
+        model=model,
+        ordering="reps-3",
+        dataset=DatasetConfig(categories=sizes[-1], features=sizes[0]),
+        hidden=tuple(sizes[1:-1]),
+        replicates=replicates,
+        eval_every=10**9,  # evaluate only at 0 and at the end
+        dtype=dtype,
+    )
+    run = TrialRun(config, data=data)
+    for _ in run:
+        pass
+    return run.result().summary["perf/replicate_samples_per_second"], run.total_samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nets", nargs="+", default=["16-8-4", "784-392-10"])
+    parser.add_argument("--replicates", nargs="+", type=int, default=[1, 8, 64, 1024])
+    parser.add_argument("--model", default="leaky-reset")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default="benchmarks/results/engine.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    device = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "logical_cpus": __import__("os").cpu_count(),
+        "python": platform.python_version(),
+        "model": args.model,
+        "dtype": args.dtype,
+    }
+    print(" ".join(f"{k}={v}" for k, v in device.items()))
+    rows = []
+    started = time.perf_counter()
+    print(f"{'net':<11} {'R':>5} {'steps':>6} {'engine rs/s':>13} {'naive rs/s':>11} {'ratio':>8}")
+    for net in args.nets:
+        sizes = [int(s) for s in net.split("-")]
+        naive_data = random_dataset(sizes, min(NAIVE_STEPS.get(net, 500), 1000))
+        naive = naive_throughput(sizes, naive_data, NAIVE_STEPS.get(net, 500), leak=0.5)
+        for r in args.replicates:
+            steps = (ENGINE_STEPS_BIG_R if r >= 64 else ENGINE_STEPS).get(net, 200)
+            rate, samples = engine_throughput(
+                sizes, random_dataset(sizes, steps), r, args.model, args.dtype
+            )
+            rows.append({
+                "net": net,
+                "replicates": r,
+                "steps": samples,
+                "engine_replicate_samples_per_second": rate,
+                "naive_replicate_samples_per_second": naive,
+                "ratio": rate / naive,
+            })
+            print(f"{net:<11} {r:>5} {samples:>6} {rate:>13,.0f} {naive:>11,.0f} "
+                  f"{rate / naive:>7,.1f}x", flush=True)
+    seconds = time.perf_counter() - started
+    print(f"total {seconds:.1f} s")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"device": device, "seconds": seconds, "rows": rows}, indent=2))
+    print(f"saved {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Shared fixtures of the trainables tests: one tiny configuration that trains in milliseconds."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainables.config import DatasetConfig, TrialConfig
+
+
+@pytest.fixture
+def tiny_config() -> TrialConfig:
+    """3 categories x 30 training items of 6 features, one hidden layer of 6, 3 replicates."""
+    return TrialConfig(
+        model="leaky-reset",
+        ordering="reps-3",
+        dataset=DatasetConfig(
+            categories=3, features=6, train_per_category=30, test_per_category=8
+        ),
+        hidden=(6,),
+        learning_rate=0.05,
+        leak=0.6,
+        replicates=3,
+        epochs=2,
+        eval_every=30,
+        dtype="float64",
+    )

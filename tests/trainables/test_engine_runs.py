@@ -1,0 +1,160 @@
+"""Whole runs: replicate independence, exact reproducibility and exact resume."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from trainables.config import TrialConfig
+from trainables.engine import TrialResult, TrialRun, eval_schedule, run_trial
+
+LEARNING_RATES = [0.01, 0.03, 0.05, 0.08, 0.12]
+LEAKS = [0.0, 0.3, 0.5, 0.7, 0.95]
+
+
+def _assert_same_result(a: TrialResult, b: TrialResult) -> None:
+    np.testing.assert_array_equal(a.samples_seen, b.samples_seen)
+    np.testing.assert_array_equal(a.test_loss, b.test_loss)
+    np.testing.assert_array_equal(a.test_accuracy, b.test_accuracy)
+    assert a.diverged == b.diverged
+    assert a.per_replicate.keys() == b.per_replicate.keys()
+    for key in a.per_replicate:
+        np.testing.assert_array_equal(a.per_replicate[key], b.per_replicate[key])
+
+
+@pytest.mark.parametrize(
+    ("model", "ordering", "gradient"),
+    [("leaky", "random", "leak-scaled"), ("leaky-reset", "reps-3", "leak-unscaled")],
+)
+def test_replicate_of_batched_run_equals_run_alone(
+    tiny_config: TrialConfig, model: str, ordering: str, gradient: str
+) -> None:
+    """Replicate r of an R=5 run with per-replicate lr/leak equals replicate r trained alone."""
+    config = tiny_config.replace(model=model, ordering=ordering, gradient=gradient, replicates=5)
+    batched = TrialRun(config, learning_rate=LEARNING_RATES, leak=LEAKS)
+    batched_result = (list(batched), batched.result())[1]
+    for r in range(5):
+        alone = TrialRun(
+            config.replace(replicates=1),
+            replicate_ids=[r],
+            learning_rate=[LEARNING_RATES[r]],
+            leak=[LEAKS[r]],
+        )
+        alone_result = (list(alone), alone.result())[1]
+        for mine, theirs in zip(
+            [*batched.weights, *batched.biases], [*alone.weights, *alone.biases], strict=True
+        ):
+            np.testing.assert_allclose(mine[r].numpy(), theirs[0].numpy(), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            batched_result.test_loss[r], alone_result.test_loss[0], rtol=0, atol=1e-12
+        )
+        np.testing.assert_allclose(
+            batched_result.test_accuracy[r], alone_result.test_accuracy[0], rtol=0, atol=1e-12
+        )
+    # the per-replicate settings took effect: replicates ended in different places
+    assert len({round(float(loss), 9) for loss in batched_result.test_loss[:, -1]}) == 5
+
+
+def test_per_replicate_settings_change_the_run(tiny_config: TrialConfig) -> None:
+    """A different learning rate or leak for one replicate changes that replicate's weights."""
+    config = tiny_config.replace(replicates=1)
+    base = TrialRun(config, learning_rate=[0.05], leak=[0.6])
+    other_lr = TrialRun(config, learning_rate=[0.02], leak=[0.6])
+    other_leak = TrialRun(config, learning_rate=[0.05], leak=[0.2])
+    for run in (base, other_lr, other_leak):
+        list(run)
+    assert not torch.equal(base.weights[0], other_lr.weights[0])
+    assert not torch.equal(base.weights[0], other_leak.weights[0])
+
+
+def test_same_seed_reproduces_curves_exactly(tiny_config: TrialConfig) -> None:
+    """Same config and seed, float32 on CPU: identical curves, metrics and weights."""
+    config = tiny_config.replace(dtype="float32", model="leaky")
+    first, second = TrialRun(config), TrialRun(config)
+    result_1 = (list(first), first.result())[1]
+    result_2 = (list(second), second.result())[1]
+    _assert_same_result(result_1, result_2)
+    for a, b in zip([*first.weights, *first.biases], [*second.weights, *second.biases],
+                    strict=True):
+        assert torch.equal(a, b)
+
+
+def test_different_seed_gives_different_curves(tiny_config: TrialConfig) -> None:
+    """Another base seed gives another init and stream, hence other curves."""
+    config = tiny_config.replace(dtype="float32")
+    a = run_trial(config)
+    b = run_trial(config.replace(seed=1))
+    assert not np.array_equal(a.test_loss[:, 1:], b.test_loss[:, 1:])
+    assert not np.array_equal(a.test_loss[:, 0], b.test_loss[:, 0])  # init differs too
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("stop_after", [1, 3])
+def test_resume_from_pickled_state_is_exact(
+    tiny_config: TrialConfig, dtype: str, stop_after: int
+) -> None:
+    """Half a run, state_dict, pickle, new run + load_state_dict, finish == uninterrupted run."""
+    config = tiny_config.replace(dtype=dtype, eval_every=25)  # 25: stops mid reps-3 run
+    uninterrupted = TrialRun(config, learning_rate=[0.05, 0.1, 0.02], leak=[0.6, 0.3, 0.9])
+    list(uninterrupted)
+
+    first = TrialRun(config, learning_rate=[0.05, 0.1, 0.02], leak=[0.6, 0.3, 0.9])
+    points = iter(first)
+    for _ in range(stop_after + 1):  # eval at 0, then stop_after more
+        next(points)
+    assert 0 < first.step < first.total_samples
+    state = pickle.loads(pickle.dumps(first.state_dict()))
+    del first, points
+
+    resumed = TrialRun(config, learning_rate=[0.05, 0.1, 0.02], leak=[0.6, 0.3, 0.9])
+    resumed.load_state_dict(state)
+    remaining = list(resumed)
+    assert len(remaining) == len(uninterrupted.eval_points) - stop_after - 1
+
+    _assert_same_result(resumed.result(), uninterrupted.result())
+    for a, b in zip(
+        [*resumed.weights, *resumed.biases, *resumed.state_dict()["hidden"]],
+        [*uninterrupted.weights, *uninterrupted.biases, *uninterrupted.state_dict()["hidden"]],
+        strict=True,
+    ):
+        assert torch.equal(a, b)
+
+
+def test_resume_rejects_a_checkpoint_of_another_config(tiny_config: TrialConfig) -> None:
+    """load_state_dict refuses a checkpoint of another config or other per-replicate settings."""
+    state = TrialRun(tiny_config).state_dict()
+    with pytest.raises(ValueError, match="config"):
+        TrialRun(tiny_config.replace(seed=5)).load_state_dict(state)
+    with pytest.raises(ValueError, match="leak"):
+        TrialRun(tiny_config, leak=[0.1, 0.2, 0.3]).load_state_dict(state)
+
+
+def test_run_visits_every_eval_point_and_stream_is_whole(tiny_config: TrialConfig) -> None:
+    """Iterating yields one point per scheduled eval; the stream has epochs x train items."""
+    run = TrialRun(tiny_config)
+    points = list(run)
+    assert run.total_samples == tiny_config.epochs * 90
+    assert [p.samples_seen for p in points] == run.eval_points
+    assert [p.index for p in points] == list(range(len(points)))
+    assert all(p.test_loss.shape == (3,) and p.test_accuracy.shape == (3,) for p in points)
+    result = run.result()
+    assert result.test_loss.shape == (3, len(points))
+    assert set(result.per_replicate) >= {"test_loss_auc", "samples_to_target"}
+
+
+@pytest.mark.parametrize(
+    ("total", "epoch_length", "every", "kind", "expected"),
+    [
+        (100, 100, 30, "linear", [0, 30, 60, 90, 100]),
+        (200, 70, 50, "linear", [0, 50, 70, 100, 140, 150, 200]),
+        (1000, 1000, 1, "log", [0, 1, 10, 100, 1000]),
+    ],
+)
+def test_eval_schedule(
+    total: int, epoch_length: int, every: int, kind: str, expected: list[int]
+) -> None:
+    """Evaluations at 0, the schedule's points, every epoch end and the last sample."""
+    assert eval_schedule(total, epoch_length, every, kind) == expected
