@@ -1,0 +1,195 @@
+"""The ``study`` command: run, check, resume and list studies; list presets.
+
+Exit codes: 0 success, 2 invalid input (one message on stderr, before Ray starts or any MLflow
+run exists), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from study.spec import (
+    DEFAULT_PRESET,
+    StudySpec,
+    apply_override,
+    default_storage_path,
+    default_tracking_uri,
+    preset_names,
+    preset_text,
+    read_source,
+)
+from trainables.config import ConfigError
+from trainables.data import DataError
+
+# Flags that override one spec field each (taken as plain strings, not TOML literals).
+_FIELD_FLAGS = ("name", "tracking_uri", "ray_address", "storage_path", "data_dir")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, like every other invalid input (argparse would add a usage block).
+        self.exit(2, f"study: error: {message} (see study --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``study`` command."""
+    parser = _Parser(prog="study", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def spec_arguments(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "spec",
+            nargs="?",
+            default=None,
+            help=f"TOML file or preset name (default: {DEFAULT_PRESET})",
+        )
+        sub.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a spec key (repeatable)",
+        )
+        sub.add_argument("--name", help="study name")
+        sub.add_argument("--tracking-uri", help="MLflow tracking URI")
+        sub.add_argument("--ray-address", help="Ray cluster address (default: local Ray)")
+        sub.add_argument("--storage-path", help="folder for Ray results and checkpoints")
+        sub.add_argument("--data-dir", help="folder with MNIST / Fashion-MNIST IDX files")
+
+    run = commands.add_parser("run", help="run a study (default preset: the paper's Fig. 2)")
+    spec_arguments(run)
+    run.add_argument("--summary-json", metavar="PATH", help="write the summary as JSON")
+    check = commands.add_parser("check", help="validate a spec and run the preflight checks")
+    spec_arguments(check)
+    commands.add_parser("presets", help="list the shipped presets")
+    listing = commands.add_parser("list", help="list studies in the tracking store")
+    listing.add_argument("--tracking-uri", default=None)
+    resume = commands.add_parser("resume", help="continue an interrupted study")
+    resume.add_argument("name")
+    resume.add_argument("--storage-path", default=None)
+    resume.add_argument("--summary-json", metavar="PATH")
+    return parser
+
+
+def load_from_args(args: argparse.Namespace) -> StudySpec:
+    """The spec named by ``args``: source, ``--set`` overrides, then the field flags."""
+    values = read_source(args.spec)
+    for item in args.overrides:
+        apply_override(values, item)
+    for name in _FIELD_FLAGS:
+        if getattr(args, name, None) is not None:
+            values[name] = getattr(args, name)
+    return StudySpec.from_dict(values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``study`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except (ConfigError, DataError) as error:
+        print(f"study: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("study: interrupted; continue with `study resume NAME`", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from study.preflight import preflight
+    from study.tuner import run_study, unique_name
+
+    spec = load_from_args(args)
+    preflight(spec)
+    name = unique_name(spec)
+    if name != spec.name:
+        print(f"study: {spec.name!r} exists; this run is {name!r}", file=sys.stderr)
+        spec = dataclasses.replace(spec, name=name)
+    run_study(spec, args.summary_json)
+    print(
+        f"study {spec.name} done; view: mlflow ui --backend-store-uri {spec.tracking_uri}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from study.cells import expand
+    from study.preflight import preflight
+
+    spec = load_from_args(args)
+    for line in preflight(spec):
+        print(f"ok  {line}")
+    cells = expand(spec)
+    print(
+        f"ok  {len(cells)} cells x {spec.trials_per_cell} trials = "
+        f"{len(cells) * spec.trials_per_cell} trials, objective {spec.objective} "
+        f"({spec.direction})"
+    )
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    for name in preset_names():
+        first = preset_text(name).splitlines()[0].lstrip("# ").strip()
+        print(f"{name:22s} {first}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from study.tracking import connect
+
+    uri = args.tracking_uri or default_tracking_uri()
+    client = connect(uri)
+    rows: list[tuple[str, ...]] = []
+    for experiment in client.search_experiments(filter_string="tags.study != ''"):
+        runs = _all_runs(client, experiment.experiment_id)
+        cells = [r for r in runs if r.data.tags.get("role") == "cell"]
+        trials = [r for r in runs if r.data.tags.get("role") == "trial"]
+        counts = {s: sum(r.info.status == s for r in trials) for s in ("FINISHED", "FAILED")}
+        open_runs = any(r.info.status == "RUNNING" for r in runs)
+        rows.append(
+            (
+                experiment.name,
+                f"{len(cells)} cells",
+                f"{len(trials)} trials",
+                f"{counts['FINISHED']} finished, {counts['FAILED']} failed",
+                "running or interrupted" if open_runs else "complete",
+            )
+        )
+    if not rows:
+        print(f"no studies in {uri}")
+    for row in rows:
+        print("  ".join(row))
+    return 0
+
+
+def _all_runs(client: Any, experiment_id: str) -> list[Any]:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from study.tuner import load_stored_spec, resume_study
+
+    spec = load_stored_spec(args.name, args.storage_path or default_storage_path())
+    resume_study(spec, args.summary_json)
+    return 0
+
+
+_COMMANDS = {"run": _run, "check": _check, "presets": _presets, "list": _list, "resume": _resume}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

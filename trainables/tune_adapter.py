@@ -1,0 +1,177 @@
+"""The one module of ``trainables`` that knows Ray Tune: run a :class:`TrialRun` as a Tune trial.
+
+Tune's config for a trial (built by the study's searcher) is::
+
+    {"cell": "synthetic-categories/leaky/reps-3",      # which cell the trial belongs to
+     "base": {...TrialConfig.to_dict()...},            # the cell's fixed settings
+     "params": {"learning_rate": 0.02, "leak": 0.7},   # the searched values (override base)
+     "optuna_trial_number": 3, "paper_setting": False}
+
+The trainable reports replicate means and CIs at every evaluation point (``samples_seen`` is
+Tune's time axis for ASHA), checkpoints the engine state every ``CHECKPOINT_EVERY_S`` seconds and
+at the end, and resumes exactly from ``ray.tune.get_checkpoint()`` after a worker failure. The
+final checkpoint also holds ``curves.json`` (per-replicate curves) and ``history.json`` (the
+reported metrics of every evaluation point) for the driver to log as artifacts and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from ray import tune
+
+from trainables.config import TrialConfig
+from trainables.engine import EvalPoint, TrialResult, TrialRun
+from trainables.metrics import OBJECTIVES
+
+CHECKPOINT_EVERY_S = 30.0
+"""Seconds of training between intermediate checkpoints (the final one is always written)."""
+DIVERGED_PENALTY = 1e6
+"""Objective of a diverged trial, signed to rank last; finite, as MLflow and Optuna need."""
+STATE_FILE = "state.pkl"
+CURVES_FILE = "curves.json"
+HISTORY_FILE = "history.json"
+
+
+def trial_config(config: dict[str, Any]) -> TrialConfig:
+    """The TrialConfig a Tune config describes: the cell's base with the searched params."""
+    return TrialConfig.from_dict({**config["base"], **config.get("params", {})})
+
+
+def penalty(objective: str) -> float:
+    """A finite objective value that never ranks best under ``objective``'s direction."""
+    return DIVERGED_PENALTY if OBJECTIVES[objective] == "min" else -DIVERGED_PENALTY
+
+
+def running_objective(
+    objective: str, history: list[dict[str, float]], epoch_length: int, target: float
+) -> float:
+    """The objective as far as the curve so far tells (what ASHA compares at matched samples).
+
+    The area metrics use the part of the first epoch seen so far, so two trials compared at the
+    same samples_seen are compared on the same stretch of curve.
+    """
+    samples = np.array([h["samples_seen"] for h in history], dtype=np.float64)
+    if objective in ("test_loss_auc", "test_error_auc"):
+        key = "eval/test_loss" if objective == "test_loss_auc" else "eval/test_accuracy"
+        values = np.array([h.get(key, math.nan) for h in history])
+        if objective == "test_error_auc":
+            values = 1.0 - values
+        inside = samples <= epoch_length
+        x, y = samples[inside], values[inside]
+        if x.size < 2 or x[-1] <= x[0]:
+            return float(y[-1]) if y.size else math.nan
+        return float(np.sum((y[1:] + y[:-1]) * np.diff(x) / 2.0) / (x[-1] - x[0]))
+    if objective == "final_test_loss":
+        return history[-1].get("eval/test_loss", math.nan)
+    if objective == "final_test_accuracy":
+        return history[-1].get("eval/test_accuracy", math.nan)
+    # samples_to_target: censored at the samples seen so far, as the engine censors at the end
+    reached = [h["samples_seen"] for h in history if h.get("eval/test_accuracy", 0) >= target]
+    return float(reached[0] if reached else history[-1]["samples_seen"])
+
+
+def train(config: dict[str, Any], objective: str = "test_loss_auc") -> None:
+    """Ray Tune function trainable: train one configuration's replicates, report, checkpoint.
+
+    Args:
+        config: Tune's trial config (see the module docstring).
+        objective: the run metric the study optimises; reported as ``objective`` (finite).
+    """
+    # One thread per trial: trials are the unit of parallelism, and several intra-op threads per
+    # trial on a shared machine only contend (per-sample steps are far too small to split).
+    torch.set_num_threads(1)
+    run = TrialRun(trial_config(config))
+    history: list[dict[str, float]] = []
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder, open(Path(folder) / STATE_FILE, "rb") as handle:
+            saved = pickle.load(handle)
+        run.load_state_dict(saved["run"])
+        history = saved["history"]
+    last_checkpoint = time.monotonic()
+    for point in run:
+        metrics = _point_metrics(point)
+        history.append(metrics)
+        report = {
+            **metrics,
+            "objective": _finite(
+                running_objective(
+                    objective, history, run.epoch_length, run.config.target_accuracy
+                ),
+                objective,
+            ),
+            "final": 0,
+            "diverged": int(point.diverged),
+        }
+        is_last = point.diverged or point.index == len(run.eval_points) - 1
+        if is_last:
+            report.update(_final_metrics(run.result(), objective))
+            # The last report always carries a checkpoint: the curves the driver logs live there.
+            with tempfile.TemporaryDirectory() as folder:
+                _write_checkpoint(Path(folder), run, history, final=True)
+                tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
+        elif time.monotonic() - last_checkpoint >= CHECKPOINT_EVERY_S:
+            with tempfile.TemporaryDirectory() as folder:
+                _write_checkpoint(Path(folder), run, history, final=False)
+                tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
+            last_checkpoint = time.monotonic()
+        else:
+            tune.report(report)
+
+
+def _point_metrics(point: EvalPoint) -> dict[str, float]:
+    return {"samples_seen": point.samples_seen, "eval_index": point.index, **point.metrics()}
+
+
+def _final_metrics(result: TrialResult, objective: str) -> dict[str, float]:
+    """Summary of the whole run: every run metric with ``run/`` names, plus ``objective``."""
+    out: dict[str, float] = {"final": 1, "diverged": int(result.diverged)}
+    for key, value in result.summary.items():
+        out[key if key.startswith("perf/") else f"run/{key}"] = float(value)
+    out["perf/trial_seconds"] = float(result.seconds)
+    value = result.summary.get(objective, math.nan)
+    out["objective"] = _finite(value, objective)
+    # A diverged run has no CI; the penalty stands for both ends so tables stay numeric.
+    for end in ("low", "high"):
+        bound = result.summary.get(f"{objective}_ci_{end}", math.nan)
+        out[f"objective_ci_{end}"] = _finite(bound, objective)
+    return out
+
+
+def _finite(value: float, objective: str) -> float:
+    return float(value) if math.isfinite(value) else penalty(objective)
+
+
+def _write_checkpoint(
+    folder: Path, run: TrialRun, history: list[dict[str, float]], final: bool
+) -> None:
+    with open(folder / STATE_FILE, "wb") as handle:
+        pickle.dump({"run": run.state_dict(), "history": history}, handle)
+    if final:
+        (folder / CURVES_FILE).write_text(json.dumps(curves(run.result())))
+        (folder / HISTORY_FILE).write_text(json.dumps(history))
+
+
+def curves(result: TrialResult) -> dict[str, Any]:
+    """Per-replicate curves as JSON-ready lists (NaN/inf become None)."""
+
+    def clean(array: np.ndarray) -> list[Any]:
+        return [[v if math.isfinite(v) else None for v in row] for row in array.tolist()]
+
+    return {
+        "samples_seen": result.samples_seen.tolist(),
+        "test_loss": clean(np.atleast_2d(result.test_loss)),
+        "test_accuracy": clean(np.atleast_2d(result.test_accuracy)),
+        "per_replicate": {k: clean(np.atleast_2d(v))[0] for k, v in result.per_replicate.items()},
+        "diverged": result.diverged,
+        "config": result.config.to_dict(),
+    }
