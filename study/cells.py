@@ -1,8 +1,11 @@
-"""Expansion of a study spec into cells: every (data set, model, ordering) combination.
+"""Expansion of a study spec into cells: every (data set, model, ordering[, variant]) combination.
 
 A cell is tuned on its own (own Optuna study, own budget), so conditions are compared fairly,
 each at the paper's setting and at its best. All cells share one base seed, so the replicates of
 every cell see the same category permutations and item orders: comparisons are paired.
+
+Variants (the spec's ``[[variants]]``, named override sets) are the innermost factor; a study
+without variants has the plain ``<data set>/<model>/<ordering>`` keys.
 
 Example:
     >>> from study.spec import load_spec
@@ -12,14 +15,16 @@ Example:
      'synthetic-categories/leaky-reset/random', 'synthetic-categories/leaky-reset/reps-3']
     >>> cells[0].optuna_name
     'smoke::synthetic-categories/feedforward/random'
+    >>> cells = expand(load_spec("paper-a10-generalization"))
+    >>> cells[0].key, cells[0].variant, cells[0].base.test_ordering
+    ('synthetic-categories/feedforward/reps-5/test-reps-1', 'test-reps-1', 'reps-1')
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 
-from search_spaces import paper_setting
+from search_spaces import GROUP_LEAK, paper_setting, params_of
 from study.spec import StudySpec
 from trainables.config import DatasetConfig, TrialConfig
 
@@ -34,11 +39,16 @@ class Cell:
     """The data set's name, suffixed with its position when a spec lists one name twice."""
     base: TrialConfig
     """Fixed settings of every trial in the cell; searched values override them."""
+    variant: str | None = None
+    """Name of the spec variant this cell belongs to (None: the spec has no variants)."""
+    pinned: tuple[str, ...] = ()
+    """TrialConfig fields the variant sets; they replace the paper's values in the first trial."""
 
     @property
     def key(self) -> str:
-        """``<data set>/<model>/<ordering>``, unique within the study."""
-        return f"{self.dataset_label}/{self.model}/{self.ordering}"
+        """``<data set>/<model>/<ordering>[/<variant>]``, unique within the study."""
+        parts = [self.dataset_label, self.model, self.ordering]
+        return "/".join([*parts, self.variant] if self.variant else parts)
 
     @property
     def optuna_name(self) -> str:
@@ -58,39 +68,21 @@ class Cell:
         return self.base.dataset
 
     def paper_params(self) -> dict[str, float]:
-        """The paper's own values of this cell's model (its first trial)."""
-        return paper_setting(self.model)
+        """The cell's first point: the paper's values of its model, except that a value the
+        cell's variant pins (e.g. its learning rate) is taken from the variant."""
+        setting = paper_setting(self.model)
+        pinned = [
+            name
+            for name in setting
+            if ("group_leaks" if GROUP_LEAK.match(name) else name) in self.pinned
+        ]
+        setting.update(params_of(self.base, pinned))
+        return setting
 
 
 def expand(spec: StudySpec) -> list[Cell]:
-    """The cells of ``spec``, data set-major, then model, then ordering (the spec's orders)."""
-    datasets = spec.dataset_configs()
-    counts = Counter(ds.name for ds in datasets)
-    cells: list[Cell] = []
-    for position, dataset in enumerate(datasets):
-        label = dataset.name if counts[dataset.name] == 1 else f"{dataset.name}-{position}"
-        for model in spec.models:
-            for ordering in spec.orderings:
-                base = TrialConfig(
-                    model=model,
-                    ordering=ordering,
-                    dataset=dataset,
-                    hidden=spec.network.hidden,
-                    output=spec.network.output,
-                    loss=spec.network.loss,
-                    optimizer=spec.network.optimizer,
-                    learning_rate=spec.network.learning_rate,
-                    leak=spec.network.leak,
-                    reset_threshold=spec.network.reset_threshold,
-                    gradient=spec.network.gradient,
-                    replicates=spec.replicates,
-                    epochs=spec.epochs,
-                    eval_every=spec.eval_every,
-                    eval_schedule=spec.eval_schedule,
-                    target_accuracy=spec.target_accuracy,
-                    seed=spec.seed,
-                    dtype=spec.network.dtype,
-                    device=spec.device,
-                )
-                cells.append(Cell(len(cells), spec.name, label, base))
-    return cells
+    """The cells of ``spec``: data set-major, then model, ordering, variant (the spec's orders)."""
+    return [
+        Cell(index, spec.name, design.dataset_label, design.config, design.variant, design.pinned)
+        for index, design in enumerate(spec.design())
+    ]

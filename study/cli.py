@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("name")
     resume.add_argument("--storage-path", default=None)
     resume.add_argument("--summary-json", metavar="PATH")
+    report = commands.add_parser("report", help="write a study's report and claims check")
+    report.add_argument("name")
+    report.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
+    report.add_argument("--out", default=None, help="output folder (default: reports/NAME)")
+    report.add_argument("--optuna-storage", default=None, help="Optuna RDB URL (importance)")
     return parser
 
 
@@ -136,9 +141,10 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
+    width = max(map(len, preset_names()))
     for name in preset_names():
         first = preset_text(name).splitlines()[0].lstrip("# ").strip()
-        print(f"{name:22s} {first}")
+        print(f"{name:{width}s} {first}")
     return 0
 
 
@@ -188,7 +194,26 @@ def _resume(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"run": _run, "check": _check, "presets": _presets, "list": _list, "resume": _resume}
+def _report(args: argparse.Namespace) -> int:
+    from study.reports import build_report
+
+    report = build_report(args.name, args.tracking_uri, args.out, args.optuna_storage)
+    held = [c for c in report.payload["claims"] if c["headline"]]
+    for row in held:
+        part = f"{row['claim']}{row['part']}"
+        print(f"claim {part:3s} {row['setting']:24s} {row['verdict']}")
+    print(f"study: report written to {report.markdown}", file=sys.stderr)
+    return 0
+
+
+_COMMANDS = {
+    "run": _run,
+    "check": _check,
+    "presets": _presets,
+    "list": _list,
+    "resume": _resume,
+    "report": _report,
+}
 
 
 if __name__ == "__main__":

@@ -5,47 +5,83 @@ as the file (dotted keys reach into tables, values are TOML literals with a stri
 ``a,b`` is a list for list fields). Every error is one :class:`SpecError` naming the field, the
 value and what is allowed.
 
+Every TrialConfig field has one place: the design's factors (``datasets``, ``models``,
+``orderings``), top-level keys shared by all cells (``replicates``, ``epochs``...), and the rest
+in ``[network]``, overridable per model (``[network.<model>]``) and per variant
+(``[[variants]]``, named override sets crossed with the other factors). Validation builds the
+TrialConfig of every cell, so the engine's own checks run before anything starts, and their
+messages name the spec field that set the value.
+
 Example:
     >>> spec = load_spec("smoke", ["trials_per_cell=3", "models=feedforward,leaky"])
     >>> spec.trials_per_cell, spec.models, spec.direction
     (3, ('feedforward', 'leaky'), 'min')
     >>> StudySpec.from_dict(spec.to_dict()) == spec
     True
+    >>> load_spec("smoke", ["network.minibatch.batch_size=0"])
+    Traceback (most recent call last):
+    ...
+    study.spec.SpecError: network.minibatch.batch_size=0 is invalid: expected an integer >= 1
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import difflib
+import functools
 import json
 import math
 import re
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from search_spaces import SPACES, Space, inline_space
+import optuna
+
+from search_spaces import SPACES, Space, inline_space, paper_setting, point_config
 from trainables.config import (
-    DTYPES,
     EVAL_SCHEDULES,
-    GRADIENTS,
-    LOSSES,
     MODELS,
-    OPTIMIZERS,
-    OUTPUTS,
     ConfigError,
     DatasetConfig,
     TrialConfig,
     check_ordering_name,
 )
-from trainables.metrics import OBJECTIVES
+from trainables.metrics import LATENT_OBJECTIVES, OBJECTIVES
 
 DEFAULT_PRESET = "paper-fig2-synthetic"
 SAMPLERS: tuple[str, ...] = ("tpe", "random", "cmaes", "gp", "qmc")
 SCHEDULERS: tuple[str, ...] = ("none", "asha")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+OBJECTIVE_DIRECTIONS: dict[str, str] = {**OBJECTIVES, **LATENT_OBJECTIVES}
+"""Every run metric a spec may name as its objective, with its direction."""
+ACCURACY_OBJECTIVES: tuple[str, ...] = (
+    "test_error_auc",
+    "final_test_accuracy",
+    "samples_to_target",
+)
+"""Objectives computed from accuracy: undefined (NaN) for autoencoders (task 'reconstruct')."""
+LATENT_DATASETS: tuple[str, ...] = ("multiscale-stream",)
+"""Data sets that keep latent states (``Dataset.test_latent``), so timescale metrics exist.
+Mirrors ``trainables.data``; tests/study/test_spec.py checks the two agree."""
+
+# TrialConfig fields by where a spec sets them: the factors of the design (one value per cell),
+# top-level keys shared by every cell, and the rest, in the `network` table (NETWORK_FIELDS,
+# defined after NetworkSpec; tests/study/test_spec.py checks the three cover TrialConfig).
+FACTOR_FIELDS: tuple[str, ...] = ("model", "ordering", "dataset")
+STUDY_FIELDS: tuple[str, ...] = (
+    "replicates",
+    "epochs",
+    "eval_every",
+    "eval_schedule",
+    "target_accuracy",
+    "seed",
+)
 
 
 class SpecError(ConfigError):
@@ -80,37 +116,151 @@ def default_storage_path() -> str:
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class NetworkSpec:
-    """Architecture and training settings shared by every cell (the fixed hyperparameters)."""
+    """Architecture and training settings of every cell (the fixed hyperparameters).
+
+    Field names and meanings are :class:`~trainables.config.TrialConfig`'s (see its docstrings
+    for units and ranges); values are validated by building a TrialConfig, so the engine's own
+    rules apply and messages name the spec field (``network.<field>``). ``per_model`` holds
+    overrides for one model only, written ``[network.<model>]`` in TOML (e.g. the minibatch
+    model's ``batch_size``, the LSTM's ``bptt_window``).
+    """
 
     hidden: tuple[int, ...] = (8,)
     """Hidden layer sizes; the input and output sizes come from the data set."""
     output: str = "sigmoid"
     loss: str = "mse"
     optimizer: str = "sgd"
-    gradient: str = "leak-scaled"
-    """Gradient convention for leaky layers (logged with every run), one of GRADIENTS."""
+    """'sgd' (the paper's per-sample SGD) or 'rmsprop' (with rms_alpha, rms_eps, momentum)."""
     learning_rate: float = 0.01
     """Value used when a model's search space does not search it."""
     leak: float = 0.5
     """Value used when a model's search space does not search it."""
     reset_threshold: float = 1.0
+    """Threshold-reset models, when their space does not search it."""
+    gradient: str = "leak-scaled"
+    """Gradient convention for leaky layers (logged with every run), one of GRADIENTS."""
     dtype: str = "float32"
+    device: str | None = None
+    """'cpu', 'cuda', 'auto'; None ('none' in TOML): CUDA when resources.gpu > 0, else CPU."""
+    task: str = "classify"
+    """'classify' or 'reconstruct' (autoencoders: target = input, sigmoid output)."""
+    group_leaks: tuple[float, ...] = (0.0, 0.3, 0.6)
+    """Multiscale models: leak of each hidden-unit group (fast to slow), when not searched."""
+    reset_scope: str = "input"
+    feature_groups: int = 3
+    batch_size: int = 1
+    """Samples per update; > 1 only for the minibatch model ([network.minibatch])."""
+    rms_alpha: float = 0.99
+    rms_eps: float = 1e-8
+    momentum: float = 0.0
+    test_protocol: str = "isolated"
+    """'isolated' (each test item alone) or 'streamed' (in test_ordering, memory on)."""
+    test_ordering: str | None = None
+    """Streamed test order; None ('none' in TOML) = the cell's training ordering."""
+    bptt_window: int = 5
+    """lstm: steps of truncated BPTT (usually set in [network.lstm])."""
+    per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Model -> overrides of the fields above for that model's cells."""
 
     def __post_init__(self) -> None:
-        _check_type("network.hidden", self.hidden, tuple)
-        _check_choice("network.output", self.output, OUTPUTS)
-        _check_choice("network.loss", self.loss, LOSSES)
-        _check_choice("network.optimizer", self.optimizer, OPTIMIZERS)
-        _check_choice("network.gradient", self.gradient, GRADIENTS)
-        _check_choice("network.dtype", self.dtype, DTYPES)
-        # The engine's own validation covers the numbers; re-label its field as network.*.
-        with _relabel("network."):
-            TrialConfig(
-                hidden=self.hidden,
-                learning_rate=self.learning_rate,
-                leak=self.leak,
-                reset_threshold=self.reset_threshold,
+        for name in NETWORK_FIELDS:
+            object.__setattr__(self, name, _coerce(f"network.{name}", name, getattr(self, name)))
+        _check_type("network.per_model", self.per_model, dict)
+        per_model: dict[str, dict[str, Any]] = {}
+        for model, table in self.per_model.items():
+            _check_choice("network", model, MODELS)
+            table = _as_table(f"network.{model}", table)
+            _reject_unknown(f"network.{model}.", table, list(NETWORK_FIELDS))
+            per_model[model] = {k: _coerce(f"network.{model}.{k}", k, v) for k, v in table.items()}
+        object.__setattr__(self, "per_model", per_model)
+        # The engine's own validation covers the values; its messages name network.* fields.
+        values = self.values()
+        _build_config(values, {name: f"network.{name}" for name in values})
+        for model, table in per_model.items():
+            sources = {name: f"network.{name}" for name in values}
+            sources.update({name: f"network.{model}.{name}" for name in table})
+            _build_config({**values, **table, "model": model}, sources)
+
+    def values(self, model: str | None = None) -> dict[str, Any]:
+        """The TrialConfig values of these fields (``model``'s overrides applied if given)."""
+        out = {name: getattr(self, name) for name in NETWORK_FIELDS}
+        if model is not None:
+            out.update(self.per_model.get(model, {}))
+        if out["device"] is None:
+            del out["device"]  # the study decides (resources.gpu), see StudySpec.device
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The TOML/JSON form: the fields, then one table per model with overrides."""
+        out = {name: _plain(getattr(self, name)) for name in NETWORK_FIELDS}
+        for model, table in self.per_model.items():
+            out[model] = {k: _plain(v) for k, v in table.items()}
+        return out
+
+
+NETWORK_FIELDS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(NetworkSpec) if f.name != "per_model"
+)
+"""TrialConfig fields a spec sets in ``[network]``, ``[network.<model>]`` or a variant."""
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """A named set of overrides, crossed with every (data set, model, ordering) of the study.
+
+    Written ``[[variants]]`` in TOML: ``name``, any network field (``test_ordering = "reps-1"``,
+    ``gradient = "leak-unscaled"``, ``hidden = [16]``, ``learning_rate = 0.1``...) and an optional
+    ``dataset`` table applied to every data set (``dataset = {noise = 0.2}``). A variant's value
+    of a searched parameter also replaces the paper's value in the cell's first trial, so a
+    variant can move a cell's reference point (e.g. a learning-rate sweep at trials_per_cell=1).
+    """
+
+    name: str
+    network: dict[str, Any] = field(default_factory=dict)
+    """Overrides of network fields (after ``[network]`` and ``[network.<model>]``)."""
+    dataset: dict[str, Any] = field(default_factory=dict)
+    """Overrides of DatasetConfig fields (``name`` excluded) of every data set."""
+
+    def __post_init__(self) -> None:
+        _check_type("variants.name", self.name, str)
+        if not _NAME.match(self.name):
+            raise SpecError(
+                "variants.name", self.name, "letters, digits, '_', '.', '-' (no spaces)"
             )
+        prefix = f"variants.{self.name}."
+        network = _as_table(prefix + "network", self.network)
+        # "dataset" is listed for the did-you-mean hint only: its table lives in self.dataset.
+        _reject_unknown(prefix, network, [*NETWORK_FIELDS, "dataset"])
+        if "dataset" in network:
+            raise SpecError(prefix + "dataset", network["dataset"], "VariantSpec.dataset")
+        object.__setattr__(
+            self, "network", {k: _coerce(prefix + k, k, v) for k, v in network.items()}
+        )
+        dataset_fields = [f for f in _field_names(DatasetConfig) if f != "name"]
+        dataset = _as_table(prefix + "dataset", self.dataset)
+        _reject_unknown(prefix + "dataset.", dataset, dataset_fields)
+        dataset = _dataset_values(prefix + "dataset.", dataset)
+        object.__setattr__(self, "dataset", dataset)
+        with _relabel(prefix + "dataset."):
+            DatasetConfig(**dataset)  # the values alone; each data set is checked per cell
+
+    def to_dict(self) -> dict[str, Any]:
+        """The TOML/JSON form: name, network keys inline, then ``dataset`` if any."""
+        out: dict[str, Any] = {"name": self.name}
+        out.update({k: _plain(v) for k, v in self.network.items()})
+        if self.dataset:
+            out["dataset"] = {k: _plain(v) for k, v in self.dataset.items()}
+        return out
+
+
+class CellDesign(NamedTuple):
+    """One cell of the design, as the spec builds and validates it (see study.cells)."""
+
+    dataset_label: str
+    variant: str | None
+    pinned: tuple[str, ...]
+    """Network fields the cell's variant sets (they pin the cell's first trial too)."""
+    config: TrialConfig
 
 
 @dataclass(frozen=True)
@@ -140,6 +290,8 @@ class StudySpec:
     models: tuple[str, ...] = ("feedforward", "leaky", "leaky-reset")
     orderings: tuple[str, ...] = ("random", "reps-1", "reps-3", "reps-5")
     network: NetworkSpec = field(default_factory=NetworkSpec)
+    variants: tuple[VariantSpec, ...] = ()
+    """Named override sets crossed with the other factors; cell key gains ``/<variant>``."""
     replicates: int = 10
     """Networks (init seeds) trained at once per trial; metrics are their mean and 95% CI."""
     epochs: int = 1
@@ -148,7 +300,8 @@ class StudySpec:
     target_accuracy: float = 0.9
     """Accuracy defining the samples_to_target metric."""
     objective: str = "test_loss_auc"
-    """Run metric each cell's Optuna study optimises (direction follows from it)."""
+    """Run metric each cell's Optuna study optimises (direction follows from it); one of
+    OBJECTIVES, or for autoencoders on data with latents LATENT_OBJECTIVES."""
     search_space: dict[str, Any] = field(default_factory=dict)
     """Per model: a named space from search_spaces.SPACES or an inline table; default: own name."""
     sampler: str = "tpe"
@@ -191,12 +344,18 @@ class StudySpec:
             if len(set(values)) != len(values):
                 raise SpecError(name, list(values), "each value at most once")
         _check_type("network", self.network, NetworkSpec)
+        _check_type("variants", self.variants, tuple)
+        for variant in self.variants:
+            _check_type("variants", variant, VariantSpec)
+        names = [variant.name for variant in self.variants]
+        if len(set(names)) != len(names):
+            raise SpecError("variants", names, "distinct variant names")
         _check_int("replicates", self.replicates, 1)
         _check_int("epochs", self.epochs, 1)
         _check_int("eval_every", self.eval_every, 1)
         _check_choice("eval_schedule", self.eval_schedule, EVAL_SCHEDULES)
         _check_number("target_accuracy", self.target_accuracy, "in (0, 1]", lambda v: 0 < v <= 1)
-        _check_choice("objective", self.objective, tuple(OBJECTIVES))
+        _check_choice("objective", self.objective, tuple(OBJECTIVE_DIRECTIONS))
         _check_type("search_space", self.search_space, dict)
         for model, space in self.search_space.items():
             _check_choice("search_space", model, MODELS)
@@ -213,6 +372,21 @@ class StudySpec:
                 _check_type(name, getattr(self, name), str)
         _check_int("seed", self.seed, 0)
         _check_type("paper_setting_first", self.paper_setting_first, bool)
+        if self.network.device == "cuda" and self.resources.gpu == 0:
+            raise SpecError(
+                "network.device",
+                "cuda",
+                "'cpu' or 'auto' unless resources.gpu > 0 "
+                "(Ray hides the GPUs from trials that hold no GPU share)",
+            )
+        if self.scheduler == "asha" and self.objective in LATENT_OBJECTIVES:
+            raise SpecError(
+                "scheduler",
+                "asha",
+                "'none' with a timescale objective (it exists only at the "
+                "end of a trial, so ASHA has nothing to compare at matched samples)",
+            )
+        self._check_cells()
         # Defaults and relative paths are resolved once, here, so the spec logged to MLflow and
         # stored for resume names the exact stores, whatever the working directory later is.
         set_ = object.__setattr__
@@ -229,12 +403,135 @@ class StudySpec:
     @property
     def direction(self) -> str:
         """'min' or 'max': the direction of ``objective``."""
-        return OBJECTIVES[self.objective]
+        return OBJECTIVE_DIRECTIONS[self.objective]
 
     @property
     def device(self) -> str:
-        """The engine's device: trials with a GPU share run on CUDA."""
+        """The engine's device: ``network.device``, else CUDA for trials with a GPU share."""
+        if self.network.device is not None:
+            return self.network.device
         return "cuda" if self.resources.gpu > 0 else "cpu"
+
+    def design(self) -> list[CellDesign]:
+        """Every cell's TrialConfig: data set-major, then model, ordering and variant.
+
+        This is the one place cell configs are built; construction validates them, and a
+        failure names the spec field that set the bad value (``network.<model>.batch_size``,
+        ``variants.<name>.test_ordering``, ``datasets[0].noise``...).
+
+        Raises:
+            SpecError: a cell whose settings the engine rejects.
+        """
+        datasets = self.dataset_configs()
+        counts = collections.Counter(ds.name for ds in datasets)
+        cells: list[CellDesign] = []
+        for position, dataset in enumerate(datasets):
+            label = dataset.name if counts[dataset.name] == 1 else f"{dataset.name}-{position}"
+            for model in self.models:
+                for ordering in self.orderings:
+                    for variant in self.variants or (None,):
+                        config = self._cell_config(position, dataset, model, ordering, variant)
+                        pinned = tuple(variant.network) if variant else ()
+                        name = variant.name if variant else None
+                        cells.append(CellDesign(label, name, pinned, config))
+        return cells
+
+    def _cell_config(
+        self,
+        position: int,
+        dataset: DatasetConfig,
+        model: str,
+        ordering: str,
+        variant: VariantSpec | None,
+    ) -> TrialConfig:
+        values = self.network.values(model)
+        sources = {name: f"network.{name}" for name in values}
+        sources.update(
+            {name: f"network.{model}.{name}" for name in self.network.per_model.get(model, {})}
+        )
+        if variant is not None:
+            values.update(variant.network)
+            sources.update({name: f"variants.{variant.name}.{name}" for name in variant.network})
+            if variant.dataset:
+                with _relabel(f"variants.{variant.name}.dataset."):
+                    dataset = dataclasses.replace(dataset, **variant.dataset)
+        values.setdefault("device", self.device)
+        values.update(
+            model=model,
+            ordering=ordering,
+            dataset=dataset,
+            replicates=self.replicates,
+            epochs=self.epochs,
+            eval_every=self.eval_every,
+            eval_schedule=self.eval_schedule,
+            target_accuracy=self.target_accuracy,
+            seed=self.seed,
+        )
+        sources.update(model="models", ordering="orderings", dataset=f"datasets[{position}]")
+        return _build_config(values, sources)
+
+    def _check_cells(self) -> None:
+        """Checks of each cell beyond TrialConfig's: objective, group counts, search spaces."""
+        samples: dict[str, list[dict[str, Any]]] = {}
+        for cell in self.design():
+            config = cell.config
+            key = "/".join(
+                filter(None, (cell.dataset_label, config.model, config.ordering, cell.variant))
+            )
+            if config.task == "reconstruct" and self.objective in ACCURACY_OBJECTIVES:
+                usable = [o for o in OBJECTIVE_DIRECTIONS if o not in ACCURACY_OBJECTIVES]
+                raise SpecError(
+                    "objective",
+                    self.objective,
+                    f"an objective without accuracy, as cell {key} "
+                    f"has task='reconstruct' (no accuracy): one of {', '.join(usable)}",
+                )
+            if self.objective in LATENT_OBJECTIVES and (
+                config.task != "reconstruct" or config.dataset.name not in LATENT_DATASETS
+            ):
+                raise SpecError(
+                    "objective",
+                    self.objective,
+                    "task='reconstruct' on data with latent states "
+                    f"({', '.join(LATENT_DATASETS)}), but cell {key} has "
+                    f"task={config.task!r} on {config.dataset.name}",
+                )
+            if config.test_ordering is not None and config.test_protocol != "streamed":
+                raise SpecError(
+                    "network.test_protocol",
+                    config.test_protocol,
+                    f"'streamed' when test_ordering is set "
+                    f"(cell {key} has test_ordering={config.test_ordering!r})",
+                )
+            # The engine checks this only when a trial starts (TrialRun); fail before any does.
+            groups = len(config.group_leaks)
+            if (
+                config.model == "multiscale-reset"
+                and config.reset_scope == "group"
+                and config.feature_groups != groups
+            ):
+                raise SpecError(
+                    "network.feature_groups",
+                    config.feature_groups,
+                    f"== len(group_leaks) = "
+                    f"{groups} for multiscale-reset with reset_scope='group' (cell {key}): "
+                    "reset groups and leak groups must coincide",
+                )
+            # The searched points must fit the cell too (e.g. leak_group2 needs 3 groups).
+            if config.model not in samples:
+                samples[config.model] = [
+                    paper_setting(config.model),
+                    _sample(self.space_for(config.model)),
+                ]
+            for point in samples[config.model]:
+                try:
+                    point_config(config, point)
+                except ValueError as error:
+                    raise SpecError(
+                        f"search_space.{config.model}",
+                        self.space_name(config.model),
+                        f"a space whose values fit cell {key} ({error})",
+                    ) from None
 
     def space_name(self, model: str) -> str:
         """'inline' or the name of the space ``model`` is searched with."""
@@ -272,10 +569,13 @@ class StudySpec:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict that :meth:`from_dict` turns back into an equal spec."""
         out = dataclasses.asdict(self)
-        out["datasets"] = [dataclasses.asdict(ds) for ds in self.datasets]
+        out["datasets"] = [
+            {k: _plain(v) for k, v in dataclasses.asdict(ds).items()} for ds in self.datasets
+        ]
         out["models"] = list(self.models)
         out["orderings"] = list(self.orderings)
-        out["network"]["hidden"] = list(self.network.hidden)
+        out["network"] = self.network.to_dict()
+        out["variants"] = [variant.to_dict() for variant in self.variants]
         return out
 
     def to_json(self) -> str:
@@ -296,13 +596,13 @@ class StudySpec:
                 values[name] = tuple(_as_list(name, values[name]))
         if "network" in values:
             network = _as_table("network", values["network"])
-            _reject_unknown("network.", network, _field_names(NetworkSpec))
-            if "hidden" in network:
-                network["hidden"] = tuple(_as_list("network.hidden", network["hidden"]))
-            for name in ("learning_rate", "leak", "reset_threshold"):
-                if name in network:
-                    network[name] = _as_float(f"network.{name}", network[name])
-            values["network"] = NetworkSpec(**network)
+            per_model = {m: network.pop(m) for m in list(network) if m in MODELS}
+            _reject_unknown("network.", network, [*NETWORK_FIELDS, *MODELS])
+            values["network"] = NetworkSpec(**network, per_model=per_model)
+        if "variants" in values:
+            values["variants"] = tuple(
+                _variant(i, v) for i, v in enumerate(_as_list("variants", values["variants"]))
+            )
         if "resources" in values:
             res = _as_table("resources", values["resources"])
             _reject_unknown("resources.", res, _field_names(ResourcesSpec))
@@ -364,15 +664,17 @@ def load_spec(source: str | None = None, overrides: list[str] | tuple[str, ...] 
     return StudySpec.from_dict(values)
 
 
-_LIST_FIELDS = {"models", "orderings", "datasets", "hidden"}
+_LIST_FIELDS = {"models", "orderings", "datasets", "hidden", "group_leaks", "switch_periods"}
 
 
 def apply_override(values: dict[str, Any], item: str) -> None:
     """Apply one ``key=value`` to raw spec ``values`` in place.
 
-    Dotted keys reach into tables (``network.hidden=16,8``); ``datasets.<i or name>.<field>``
-    reaches into one data set. The value is a TOML literal (``3``, ``0.5``, ``true``,
-    ``[16, 8]``, ``{low=0, high=0.9}``) or else a string; ``a,b`` is a list for list fields.
+    Dotted keys reach into tables (``network.hidden=16,8``, ``network.minibatch.batch_size=10``);
+    ``datasets.<i, name or *>.<field>`` reaches into data sets and
+    ``variants.<i, name or *>.<field>`` (or ``.dataset.<field>``) into variants. The value is
+    a TOML literal (``3``, ``0.5``, ``true``, ``[16, 8]``, ``{low=0, high=0.9}``) or else a
+    string; ``a,b`` is a list for list fields.
     """
     if "=" not in item:
         raise SpecError("--set", item, "key=value")
@@ -384,6 +686,9 @@ def apply_override(values: dict[str, Any], item: str) -> None:
     _reject_unknown("", {path[0]: value}, _field_names(StudySpec))
     if path[0] == "datasets" and len(path) > 1:
         _set_in_dataset(values, path, value)
+        return
+    if path[0] == "variants" and len(path) > 1:
+        _set_in_variant(values, path, value)
         return
     target = values
     for depth, part in enumerate(path[:-1]):
@@ -419,6 +724,32 @@ def _set_in_dataset(values: dict[str, Any], path: list[str], value: Any) -> None
     for i in chosen:
         datasets[i][path[2]] = value
     values["datasets"] = datasets
+
+
+def _set_in_variant(values: dict[str, Any], path: list[str], value: Any) -> None:
+    variants = [dict(v) for v in _as_list("variants", values.get("variants", []))]
+    names = [str(v.get("name")) for v in variants]
+    selector = path[1]
+    if selector.isdigit() and int(selector) < len(variants):
+        chosen = [int(selector)]
+    elif selector == "*":
+        chosen = list(range(len(variants)))
+    else:
+        chosen = [i for i, name in enumerate(names) if name == selector]
+    nested = len(path) == 4 and path[2] == "dataset"
+    if not chosen or not (len(path) == 3 or nested):
+        raise SpecError(
+            ".".join(path),
+            value,
+            f"variants.<index, name or *>.<field> (or .dataset.<field>) with names {names}",
+        )
+    for i in chosen:
+        if nested:
+            variants[i]["dataset"] = {**_as_table("dataset", variants[i].get("dataset", {}))}
+            variants[i]["dataset"][path[3]] = value
+        else:
+            variants[i][path[2]] = value
+    values["variants"] = variants
 
 
 def _parse_literal(text: str, as_list: bool) -> Any:
@@ -472,19 +803,100 @@ def _dataset(index: int, value: Any) -> DatasetConfig:
         value = {"name": value}
     table = _as_table(f"datasets[{index}]", value)
     _reject_unknown(f"datasets[{index}].", table, _field_names(DatasetConfig))
+    table = _dataset_values(f"datasets[{index}].", table)
+    with _relabel(f"datasets[{index}]."):
+        return DatasetConfig(**table)
+
+
+def _dataset_values(prefix: str, table: dict[str, Any]) -> dict[str, Any]:
+    """DatasetConfig values in canonical form (floats, tuples, None, absolute paths)."""
+    table = dict(table)
     for key in ("train_per_category", "test_per_category"):
         # TOML has no null: "all" (or "none") asks for every item of a class.
         if isinstance(table.get(key), str) and table[key].lower() in ("all", "none"):
             table[key] = None
     if "noise" in table:
-        table["noise"] = _as_float(f"datasets[{index}].noise", table["noise"])
+        table["noise"] = _as_float(f"{prefix}noise", table["noise"])
+    if "switch_periods" in table:
+        table["switch_periods"] = tuple(
+            _as_list(f"{prefix}switch_periods", table["switch_periods"])
+        )
     if table.get("data_dir") is not None:
         table["data_dir"] = str(Path(str(table["data_dir"])).expanduser().absolute())
-    with _relabel(f"datasets[{index}]."):
-        for key, kind in (("name", str), ("template", str)):
-            if key in table:
-                _check_type(f"datasets[{index}].{key}", table[key], kind)
-        return DatasetConfig(**table)
+    for key, kind in (("name", str), ("template", str)):
+        if key in table:
+            _check_type(f"{prefix}{key}", table[key], kind)
+    return table
+
+
+def _variant(index: int, value: Any) -> VariantSpec:
+    if isinstance(value, VariantSpec):
+        return value
+    table = _as_table(f"variants[{index}]", value)
+    if "name" not in table:
+        raise SpecError(f"variants[{index}]", table, "a table with a name")
+    name = table.pop("name")
+    dataset = table.pop("dataset", {})
+    return VariantSpec(name=name, network=table, dataset=dataset)
+
+
+@functools.cache
+def _field_kinds() -> dict[str, tuple[str, bool]]:
+    """Network field -> (type without None, optional): from NetworkSpec's annotations."""
+    kinds = {}
+    for f in dataclasses.fields(NetworkSpec):
+        text = str(f.type)
+        kinds[f.name] = (text.replace("| None", "").strip(), "None" in text)
+    return kinds
+
+
+def _coerce(name: str, field_name: str, value: Any) -> Any:
+    """A network value in canonical form (int -> float, list -> tuple, 'none' -> None).
+
+    Only shapes are fixed here; TrialConfig judges the values. Strings are checked because
+    the engine's choice checks assume them.
+    """
+    kind, optional = _field_kinds()[field_name]
+    if optional and (value is None or (isinstance(value, str) and value.lower() == "none")):
+        return None
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind.startswith("tuple["):
+        items = list(value) if isinstance(value, list | tuple) else [value]
+        if "float" in kind:
+            items = [
+                float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in items
+            ]
+        return tuple(items)
+    if kind == "str":
+        _check_type(name, value, str)
+    return value
+
+
+def _plain(value: Any) -> Any:
+    """JSON/TOML form of a value: tuples become lists."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _build_config(values: dict[str, Any], sources: dict[str, str]) -> TrialConfig:
+    """TrialConfig(**values); its ConfigError is re-raised naming the spec field (sources)."""
+    try:
+        return TrialConfig(**values)
+    except ConfigError as error:
+        if isinstance(error, SpecError):
+            raise
+        name = sources.get(error.field_name, error.field_name)
+        raise SpecError(name, error.value, error.allowed) from None
+
+
+def _sample(space: Space) -> dict[str, Any]:
+    """One point of a space (a scratch study), to check that its parameter names fit cells."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+        constants = space(trial) or {}
+    return {**trial.params, **constants}
 
 
 def _as_list(name: str, value: Any) -> list[Any]:

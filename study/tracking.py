@@ -28,6 +28,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 
+from search_spaces import apply_params
 from study.cells import Cell
 from study.spec import StudySpec
 from trainables.tune_adapter import CURVES_FILE, HISTORY_FILE
@@ -140,6 +141,7 @@ class MlflowTracking(Callback):
                 "dataset": cell.dataset_label,
                 "model": cell.model,
                 "ordering": cell.ordering,
+                **({"variant": cell.variant} if cell.variant else {}),
                 "role": "cell",
                 **provenance,
             }
@@ -235,7 +237,7 @@ class MlflowTracking(Callback):
             return
         config = trial.config
         cell = self.cells[config["cell"]]
-        resolved = {**config["base"], **config["params"]}
+        resolved = apply_params(config["base"], config["params"])
         tags = {
             "mlflow.parentRunId": self.parents[cell.key],
             "study": self.study,
@@ -243,6 +245,7 @@ class MlflowTracking(Callback):
             "dataset": cell.dataset_label,
             "model": cell.model,
             "ordering": cell.ordering,
+            **({"variant": cell.variant} if cell.variant else {}),
             "ray_trial_id": trial_id,
             "optuna_trial_number": str(config["optuna_trial_number"]),
             "paper_setting": str(bool(config["paper_setting"])).lower(),

@@ -28,8 +28,9 @@ MODELS: tuple[str, ...] = (
     "multiscale",
     "multiscale-reset",
     "minibatch",
+    "lstm",
 )
-"""Model names the engine knows (see ``trainables/models.py``)."""
+"""Model names the engine knows (``trainables/models.py``; ``lstm``: ``trainables/lstm.py``)."""
 
 DATASETS: tuple[str, ...] = (
     "synthetic-categories",
@@ -231,6 +232,8 @@ class TrialConfig:
     order with memory and resets on, from a cleared memory; paper A.9/A.10)."""
     test_ordering: str | None = None
     """Ordering of the streamed test set (None = the training ordering)."""
+    bptt_window: int = 5
+    """lstm: steps the gradient flows back through (truncated BPTT, k1 = 1, k2 = window), >= 1."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "group_leaks", tuple(self.group_leaks))
@@ -279,6 +282,7 @@ class TrialConfig:
         _check_choice("test_protocol", self.test_protocol, TEST_PROTOCOLS)
         if self.test_ordering is not None:
             check_ordering_name(self.test_ordering, "test_ordering")
+        _check_positive_int("bptt_window", self.bptt_window, 1)
 
     @property
     def reps(self) -> int | None:

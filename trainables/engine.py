@@ -13,6 +13,11 @@ a reset mask ([R, T] or [R, T, G]); the task gives the targets (one-hot or the i
 optimizer is either the fused per-sample SGD update (the paper's setting) or gradient buffers
 applied every ``batch_size`` samples by SGD or RMSprop.
 
+One model brings its own network: ``lstm`` (paper A.8-A.10, ``trainables/lstm.py``) is chosen
+once, when a run is built, as a strategy object (``self._recurrent``) that supplies the init,
+the per-sample gradient (truncated BPTT, autograd) and the test forward; data, orderings, the
+evaluation schedule, the optimizer step, metrics and checkpoints are the same code for it.
+
 Example:
     >>> from trainables.config import DatasetConfig, TrialConfig
     >>> config = TrialConfig(model="leaky-reset", ordering="reps-3", replicates=3, eval_every=200,
@@ -40,6 +45,7 @@ import torch
 
 from trainables.config import TrialConfig
 from trainables.data import Dataset, load_dataset
+from trainables.lstm import LSTMNetwork
 from trainables.metrics import (
     bootstrap_ci,
     group_metrics,
@@ -235,27 +241,42 @@ class TrialRun:
             torch.Generator().manual_seed(_replicate_seed(config.seed, rid, 1))
             for rid in self.replicate_ids
         ]
-        for fan_in, fan_out in itertools.pairwise(sizes):
-            bound = math.sqrt(6.0 / (fan_in + fan_out))
-            # RNG draw in float64 on CPU, so init is identical for every dtype and device
-            w = torch.stack([
-                (torch.rand(fan_out, fan_in, generator=g, dtype=torch.float64) * 2 - 1) * bound
-                for g in generators
-            ])
-            self.weights.append(w.to(self.dtype).to(self.device))
-            self.biases.append(torch.zeros(r, fan_out, dtype=self.dtype, device=self.device))
+        # lstm: LSTM layers instead of leaky ones, with their own weight and state layout
+        self._recurrent: LSTMNetwork | None = None
+        if config.model == "lstm":
+            output_grad = _output_gradient(config.output, config.loss, num_outputs)
+            self._recurrent = LSTMNetwork(sizes, config.bptt_window, output_grad)
+            self.weights, self.biases = self._recurrent.init_params(
+                generators, self.dtype, self.device
+            )
+        else:
+            for fan_in, fan_out in itertools.pairwise(sizes):
+                bound = math.sqrt(6.0 / (fan_in + fan_out))
+                # RNG draw in float64 on CPU, so init is identical for every dtype and device
+                w = torch.stack([
+                    (torch.rand(fan_out, fan_in, generator=g, dtype=torch.float64) * 2 - 1)
+                    * bound
+                    for g in generators
+                ])
+                self.weights.append(w.to(self.dtype).to(self.device))
+                self.biases.append(torch.zeros(r, fan_out, dtype=self.dtype, device=self.device))
         self._unit_leak = [
             as_tensor(memory.layer_leak(self._memory_params, size)) for size in config.hidden
         ]  # [R, H] per layer
         self._one_minus_leak = [1 - a for a in self._unit_leak]  # (1 - a) when never reset
-        self._hidden = [torch.zeros(r, size, dtype=self.dtype, device=self.device)
-                        for size in config.hidden]  # H(n-1) of each hidden layer, [R, H]
+        if self._recurrent is not None:  # lstm: rings of the last K (h, c) of each layer
+            self._hidden = self._recurrent.init_state(r, self.dtype, self.device)  # [K, R, H]
+        else:
+            self._hidden = [torch.zeros(r, size, dtype=self.dtype, device=self.device)
+                            for size in config.hidden]  # H(n-1) of each hidden layer, [R, H]
         self._lr = as_tensor(self.learning_rate)[:, None]  # [R, 1]
         self._scaled = config.gradient == "leak-scaled"
         self._output_grad = _output_gradient(config.output, config.loss, num_outputs)
         # fused: W -= (lr dL/dz) (x) input in place, per sample (the paper's SGD, fastest path);
         # otherwise gradients go to buffers applied every batch_size samples (minibatch, rmsprop)
-        self._fused = config.optimizer == "sgd" and config.batch_size == 1
+        self._fused = (
+            config.optimizer == "sgd" and config.batch_size == 1 and self._recurrent is None
+        )
         zeros = lambda t: torch.zeros_like(t)  # noqa: E731
         params = [*self.weights, *self.biases]
         self._grads = [] if self._fused else [zeros(p) for p in params]
@@ -356,6 +377,9 @@ class TrialRun:
     @torch.no_grad()
     def _train_until(self, stop: int) -> None:
         """Per-sample SGD on every replicate from ``self.step`` up to ``stop`` samples."""
+        if self._recurrent is not None:
+            self._train_recurrent_until(stop)
+            return
         weights, biases, hidden = self.weights, self.biases, self._hidden
         depth = len(hidden)
         r = len(self.replicate_ids)
@@ -397,11 +421,28 @@ class TrialRun:
                     if layer > 0:
                         delta = back
                 if not self._fused:
-                    self._pending += 1
-                    at = start + j + 1
-                    if self._pending == self.config.batch_size or at == self.total_samples:
-                        self._apply_gradients()
+                    self._sample_done(start + j + 1)
             self.step = end
+
+    def _train_recurrent_until(self, stop: int) -> None:
+        """lstm: per-sample truncated-BPTT gradients into the buffers, from ``self.step``."""
+        net, r = self._recurrent, len(self.replicate_ids)
+        while self.step < stop:
+            n = self.step
+            window = self._order[:, max(n + 1 - net.window, 0) : n + 1]  # [R, L] items
+            x = self._train_x.index_select(0, window.reshape(-1)).view(r, window.shape[1], -1)
+            target = self._targets.index_select(0, self._order[:, n])  # [R, O]
+            grads = net.gradients(self.weights, self.biases, self._hidden, n, x, target)
+            for buffer, grad in zip(self._grads, grads, strict=True):
+                buffer.add_(grad)
+            self.step = n + 1
+            self._sample_done(self.step)
+
+    def _sample_done(self, at: int) -> None:
+        """One more sample in the buffers; apply them after ``batch_size`` or at the end."""
+        self._pending += 1
+        if self._pending == self.config.batch_size or at == self.total_samples:
+            self._apply_gradients()
 
     def _apply_gradients(self) -> None:
         """One optimizer step with the mean of the buffered per-sample gradients."""
@@ -444,8 +485,10 @@ class TrialRun:
         memory, no learning. Returns logits [R, N, O] and, if ``record``, first-layer H [R, N, H].
         """
         r, n = order.shape
-        hidden = [torch.zeros_like(h) for h in self._hidden]
         x = self._test_x.index_select(0, order.reshape(-1)).view(r, n, -1)
+        if self._recurrent is not None:  # lstm: from the zero state, state carried, no resets
+            return self._recurrent.stream(self.weights, self.biases, x, record)
+        hidden = [torch.zeros_like(h) for h in self._hidden]
         chunk_a, _ = self._leaks(keep)
         per_step = keep is not None
         outputs, states = [], []
@@ -460,7 +503,10 @@ class TrialRun:
     @torch.no_grad()
     def _evaluate(self) -> EvalPoint:
         """Test loss and accuracy of every replicate (isolated items, or streamed with memory)."""
-        if self._test_streams is None:
+        if self._test_streams is None and self._recurrent is not None:
+            z = self._recurrent.isolated_logits(self.weights, self.biases, self._test_x)
+            targets, labels = self._test_targets, self._test_y
+        elif self._test_streams is None:
             h = self._test_x  # [N, I], shared by all replicates
             depth = len(self._hidden)
             for layer in range(depth + 1):

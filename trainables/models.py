@@ -218,6 +218,23 @@ class Minibatch(Feedforward):
     name = "minibatch"
 
 
+class Lstm(Memory):
+    """No leaky memory and no resets: the LSTM's own gates decide what it keeps.
+
+    The ``lstm`` model replaces the leaky layers by LSTM layers trained with truncated BPTT
+    (``trainables/lstm.py``); as a memory rule it is a = 0 everywhere, never reset, so the
+    engine's leak and reset machinery is inert for it.
+    """
+
+    name = "lstm"
+
+    def unit_leak(self, leak: np.ndarray, size: int) -> np.ndarray:
+        return np.zeros((leak.size, size))
+
+    def resets(self, category_changes: np.ndarray) -> np.ndarray | None:
+        return None
+
+
 MEMORIES: dict[str, Memory] = {
     m.name: m
     for m in (
@@ -228,6 +245,7 @@ MEMORIES: dict[str, Memory] = {
         Multiscale(),
         MultiscaleReset(),
         Minibatch(),
+        Lstm(),
     )
 }
 """Model name -> memory rule; keys equal ``trainables.config.MODELS``."""

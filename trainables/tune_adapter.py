@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from ray import tune
 
+from search_spaces import apply_params
 from trainables.config import TrialConfig
 from trainables.engine import EvalPoint, TrialResult, TrialRun
-from trainables.metrics import OBJECTIVES
+from trainables.metrics import LATENT_OBJECTIVES, OBJECTIVES
 
 CHECKPOINT_EVERY_S = 30.0
 """Seconds of training between intermediate checkpoints (the final one is always written)."""
@@ -42,13 +43,15 @@ HISTORY_FILE = "history.json"
 
 
 def trial_config(config: dict[str, Any]) -> TrialConfig:
-    """The TrialConfig a Tune config describes: the cell's base with the searched params."""
-    return TrialConfig.from_dict({**config["base"], **config.get("params", {})})
+    """The TrialConfig a Tune config describes: the cell's base with the searched params
+    (``leak_group<g>`` go into ``group_leaks``, see ``search_spaces.apply_params``)."""
+    return TrialConfig.from_dict(apply_params(config["base"], config.get("params", {})))
 
 
 def penalty(objective: str) -> float:
     """A finite objective value that never ranks best under ``objective``'s direction."""
-    return DIVERGED_PENALTY if OBJECTIVES[objective] == "min" else -DIVERGED_PENALTY
+    direction = {**OBJECTIVES, **LATENT_OBJECTIVES}[objective]
+    return DIVERGED_PENALTY if direction == "min" else -DIVERGED_PENALTY
 
 
 def running_objective(
@@ -59,6 +62,8 @@ def running_objective(
     The area metrics use the part of the first epoch seen so far, so two trials compared at the
     same samples_seen are compared on the same stretch of curve.
     """
+    if objective in LATENT_OBJECTIVES:
+        return math.nan  # measured on the test stream once, at the end of the trial
     samples = np.array([h["samples_seen"] for h in history], dtype=np.float64)
     if objective in ("test_loss_auc", "test_error_auc"):
         key = "eval/test_loss" if objective == "test_loss_auc" else "eval/test_accuracy"

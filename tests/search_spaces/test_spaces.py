@@ -7,7 +7,17 @@ import pickle
 import optuna
 import pytest
 
-from search_spaces import PAPER_SETTING, ROLES, SPACES, inline_space, paper_setting
+from search_spaces import (
+    PAPER_SETTING,
+    ROLES,
+    SPACES,
+    apply_params,
+    inline_space,
+    paper_setting,
+    params_of,
+    point_config,
+    role,
+)
 from trainables.config import MODELS, TrialConfig
 
 
@@ -23,8 +33,9 @@ def test_space_samples_valid_trial_configs(name: str) -> None:
     for seed in range(20):
         params = _sample(SPACES[name], seed)
         assert params, name
-        assert set(params) <= set(ROLES), "every searched parameter declares its role"
-        TrialConfig(**params)  # in the engine's own bounds
+        for param in params:
+            assert role(param) in ("scientific", "nuisance"), "every parameter has a role"
+        point_config(TrialConfig(model=name), params)  # in the engine's own bounds
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -43,6 +54,57 @@ def test_roles() -> None:
     assert ROLES["leak"] == "scientific"
     assert ROLES["reset_threshold"] == "scientific"
     assert ROLES["learning_rate"] == "nuisance"
+    assert role("leak_group2") == "scientific"
+    with pytest.raises(KeyError, match="leak_group<g>"):
+        role("batch_size")  # fixed by the spec, never searched
+
+
+# The searched parameters of each model family (the brief of the core issue).
+FAMILIES = {
+    "feedforward": {"learning_rate"},
+    "leaky": {"learning_rate", "leak"},
+    "leaky-reset": {"learning_rate", "leak"},
+    "leaky-threshold": {"learning_rate", "leak", "reset_threshold"},
+    "multiscale": {"learning_rate", "leak_group0", "leak_group1", "leak_group2"},
+    "multiscale-reset": {
+        "learning_rate",
+        "leak_group0",
+        "leak_group1",
+        "leak_group2",
+        "reset_threshold",
+    },
+    "minibatch": {"learning_rate"},
+    "lstm": {"learning_rate"},
+}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_each_family_searches_its_parameters(model: str) -> None:
+    assert set(_sample(SPACES[model])) == FAMILIES[model]
+    assert set(paper_setting(model)) == FAMILIES[model]
+
+
+def test_paper_values() -> None:
+    assert paper_setting("multiscale-reset") == {
+        "learning_rate": 0.01,
+        "leak_group0": 0.0,
+        "leak_group1": 0.3,
+        "leak_group2": 0.6,
+        "reset_threshold": 1.0,
+    }
+    assert PAPER_SETTING["leak"] == 0.5
+
+
+def test_group_leaks_go_into_trial_config_group_leaks() -> None:
+    base = TrialConfig(model="multiscale", group_leaks=(0.1, 0.2, 0.3, 0.4))
+    config = point_config(base, {"leak_group0": 0.5, "leak_group2": 0.9, "learning_rate": 0.1})
+    assert config.group_leaks == (0.5, 0.2, 0.9, 0.4) and config.learning_rate == 0.1
+    assert params_of(config, ["leak_group2", "learning_rate"]) == {
+        "leak_group2": 0.9,
+        "learning_rate": 0.1,
+    }
+    with pytest.raises(ValueError, match="group < len"):
+        apply_params(TrialConfig(group_leaks=(0.0,)).to_dict(), {"leak_group1": 0.3})
 
 
 def test_inline_space_samples_its_ranges_and_pickles() -> None:
@@ -61,6 +123,11 @@ def test_inline_space_choices() -> None:
     assert params["leak"] in (0.0, 0.5)
 
 
+def test_inline_space_searches_group_leaks() -> None:
+    params = _sample(inline_space({"leak_group1": {"low": 0.2, "high": 0.4}}))
+    assert 0.2 <= params["leak_group1"] <= 0.4
+
+
 @pytest.mark.parametrize(
     ("table", "words"),
     [
@@ -70,6 +137,7 @@ def test_inline_space_choices() -> None:
         ({"learning_rate": {"low": 0, "high": 1, "log": True}}, ["log", "low > 0"]),
         ({"leak": {"low": 0}}, ["leak", "low, high"]),
         ({"leak": {"low": "a", "high": 1}}, ["leak", "number"]),
+        ({"leak_group0": {"low": 0, "high": 1.5}}, ["leak_group0", "[0, 1]"]),
     ],
 )
 def test_inline_space_rejects_bad_tables(table: dict, words: list[str]) -> None:

@@ -36,3 +36,41 @@ def test_duplicate_dataset_names_get_distinct_labels() -> None:
     assert keys[0].startswith("synthetic-categories-0/") and keys[-1].startswith(
         "synthetic-categories-1/"
     )
+
+
+def test_variants_are_the_innermost_factor_and_tag_the_key() -> None:
+    spec = load_spec("paper-a10-generalization")
+    cells = expand(spec)
+    assert len(cells) == 3 * 2 * 2
+    assert len({c.key for c in cells}) == len({c.optuna_name for c in cells}) == len(cells)
+    assert [c.key for c in cells[:2]] == [
+        "synthetic-categories/feedforward/reps-5/test-reps-1",
+        "synthetic-categories/feedforward/reps-5/test-same",
+    ]
+    for cell in cells:
+        assert cell.key.endswith("/" + cell.variant)
+        assert cell.base.test_protocol == "streamed"
+        expected = "reps-1" if cell.variant == "test-reps-1" else None
+        assert cell.base.test_ordering == expected
+        assert cell.pinned == (("test_ordering",) if expected else ())
+
+
+def test_a_study_without_variants_keeps_three_part_keys() -> None:
+    for cell in expand(load_spec("paper-fig3-multiscale")):
+        assert cell.variant is None and cell.key.count("/") == 2
+
+
+def test_searched_group_leaks_reach_the_trial_config() -> None:
+    # The path a trial's values take: Optuna (searcher) -> Tune config -> TrialConfig (adapter).
+    from study.searcher import CellSearcher
+    from trainables.tune_adapter import trial_config
+
+    spec = load_spec("paper-fig3-multiscale", ["models=multiscale-reset", "trials_per_cell=2"])
+    searcher = CellSearcher(spec, expand(spec))
+    paper, tuned = searcher.suggest("t0"), searcher.suggest("t1")
+    assert trial_config(paper).group_leaks == (0.0, 0.3, 0.6)
+    assert trial_config(paper).reset_threshold == 1.0
+    config = trial_config(tuned)
+    params = tuned["params"]
+    assert config.group_leaks == tuple(params[f"leak_group{g}"] for g in range(3))
+    assert config.reset_threshold == params["reset_threshold"]

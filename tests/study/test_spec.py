@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
+from study.cells import expand
 from study.spec import (
     DEFAULT_PRESET,
+    FACTOR_FIELDS,
+    LATENT_DATASETS,
+    NETWORK_FIELDS,
+    STUDY_FIELDS,
+    NetworkSpec,
     SpecError,
     StudySpec,
     apply_override,
@@ -16,6 +23,7 @@ from study.spec import (
     preset_names,
     preset_text,
 )
+from trainables.config import DATASETS, DatasetConfig, TrialConfig
 
 
 def test_presets_load_and_round_trip() -> None:
@@ -122,7 +130,7 @@ BAD = [
     (["network.output=tanh"], "network.output", "sigmoid"),
     (["search_space.leaky=nope"], "search_space.leaky", "feedforward"),
     (["search_space.leaky={leak={low=0, high=2}}"], "search_space.leaky", "[0, 1]"),
-    (["search_space.lstm=leaky"], "search_space", "leaky-reset"),
+    (["search_space.gru=leaky"], "search_space", "leaky-reset"),
     (["name=a b"], "name", "no spaces"),
     (["paper_setting_first=yes"], "paper_setting_first", "boolean"),
     (["seed"], "--set", "key=value"),
@@ -161,3 +169,216 @@ def test_apply_override_creates_tables() -> None:
     apply_override(values, "resources.cpu=2")
     assert values == {"resources": {"cpu": 2}}
     assert StudySpec.from_dict(values).resources.cpu == 2.0
+
+
+# ---------------------------------------------------------------------------------------------
+# The core's fields in the spec
+# ---------------------------------------------------------------------------------------------
+def test_every_trial_config_field_has_one_place_in_the_spec() -> None:
+    fields = {f.name: f.default for f in dataclasses.fields(TrialConfig)}
+    places = [*FACTOR_FIELDS, *STUDY_FIELDS, *NETWORK_FIELDS]
+    assert sorted(places) == sorted(fields), "expose a new TrialConfig field in NetworkSpec"
+    network = NetworkSpec()
+    for name in NETWORK_FIELDS:
+        if name != "device":  # None: decided by resources.gpu
+            assert getattr(network, name) == fields[name], name
+
+
+def test_latent_datasets_are_the_ones_with_latent_states() -> None:
+    from trainables.data import load_dataset
+
+    small = {"train_per_category": 5, "test_per_category": 2, "stream_length": 20}
+    for name in DATASETS:
+        if name in ("mnist", "fashion-mnist"):
+            continue  # real files, no latents
+        data = load_dataset(DatasetConfig(name=name, **small))
+        assert (data.test_latent is not None) == (name in LATENT_DATASETS), name
+
+
+def test_new_network_fields_reach_every_cell() -> None:
+    spec = load_spec(
+        "smoke",
+        [
+            "network.optimizer=rmsprop",
+            "network.rms_alpha=0.9",
+            "network.rms_eps=1e-6",
+            "network.momentum=0.9",
+            "network.group_leaks=0,0.2,0.4,0.8",
+            "network.reset_scope=group",
+            "network.feature_groups=4",
+            "network.test_protocol=streamed",
+            "network.test_ordering=reps-1",
+            "network.bptt_window=3",
+            "network.dtype=float64",
+            "network.device=cpu",
+            "network.gradient=leak-unscaled",
+            "network.task=reconstruct",
+            "network.batch_size=2",
+        ],
+    )
+    for cell in expand(spec):
+        base = cell.base
+        assert (base.optimizer, base.rms_alpha, base.rms_eps, base.momentum) == (
+            "rmsprop",
+            0.9,
+            1e-6,
+            0.9,
+        )
+        assert base.group_leaks == (0.0, 0.2, 0.4, 0.8)
+        assert (base.reset_scope, base.feature_groups) == ("group", 4)
+        assert (base.test_protocol, base.test_ordering) == ("streamed", "reps-1")
+        assert (base.bptt_window, base.dtype, base.device) == (3, "float64", "cpu")
+        assert (base.gradient, base.task, base.batch_size) == ("leak-unscaled", "reconstruct", 2)
+
+
+def test_per_model_settings_apply_to_that_model_only() -> None:
+    spec = load_spec(
+        "smoke",
+        [
+            "models=feedforward,minibatch,lstm",
+            "network.minibatch.batch_size=10",
+            "network.lstm.bptt_window=7",
+        ],
+    )
+    by_model = {c.model: c.base for c in expand(spec)}
+    assert by_model["minibatch"].batch_size == 10 and by_model["feedforward"].batch_size == 1
+    assert by_model["lstm"].bptt_window == 7 and by_model["minibatch"].bptt_window == 5
+    assert StudySpec.from_dict(json.loads(spec.to_json())) == spec
+    assert json.loads(spec.to_json())["network"]["minibatch"] == {"batch_size": 10}
+
+
+def test_variants_cross_the_design_and_name_the_cells() -> None:
+    spec = load_spec(
+        "smoke",
+        [
+            "network.test_protocol=streamed",
+            "variants=[{name='test-reps-1', test_ordering='reps-1'}, {name='same'}]",
+            "variants.same.dataset.noise=0.25",
+            "variants.*.hidden=4",
+        ],
+    )
+    cells = expand(spec)
+    assert len(cells) == 8 and len({c.key for c in cells}) == 8
+    assert cells[0].key == "synthetic-categories/feedforward/random/test-reps-1"
+    assert cells[1].key == "synthetic-categories/feedforward/random/same"
+    assert cells[0].base.test_ordering == "reps-1" and cells[1].base.test_ordering is None
+    assert cells[1].base.dataset.noise == 0.25 and cells[0].base.dataset.noise == 0.5
+    assert all(c.base.hidden == (4,) for c in cells)
+    assert StudySpec.from_dict(json.loads(spec.to_json())) == spec
+
+
+def test_a_variant_pins_the_reference_point_of_its_cells() -> None:
+    spec = load_spec(
+        "smoke",
+        [
+            "models=leaky,multiscale",
+            "orderings=random",
+            "variants=[{name='lr-0.1', learning_rate=0.1},"
+            " {name='slow', group_leaks=[0, 0.5, 0.9]}]",
+        ],
+    )
+    points = {c.key.split("/", 1)[1]: c.paper_params() for c in expand(spec)}
+    assert points["leaky/random/lr-0.1"] == {"learning_rate": 0.1, "leak": 0.5}
+    assert points["leaky/random/slow"] == {"learning_rate": 0.01, "leak": 0.5}
+    assert points["multiscale/random/slow"] == {
+        "learning_rate": 0.01,
+        "leak_group0": 0.0,
+        "leak_group1": 0.5,
+        "leak_group2": 0.9,
+    }
+
+
+def test_test_ordering_none_means_the_training_ordering() -> None:
+    spec = load_spec(
+        "paper-a10-generalization",
+        ["network.test_ordering=reps-1", "variants.test-same.test_ordering=none"],
+    )
+    same = [c for c in expand(spec) if c.variant == "test-same"]
+    assert same and all(c.base.test_ordering is None for c in same)
+
+
+def test_latent_objectives_for_autoencoders_on_latent_data() -> None:
+    spec = load_spec("paper-fig3-multiscale", ["objective=timescale_selectivity"])
+    assert spec.direction == "max"
+    spec = load_spec("paper-fig3-multiscale", ["objective=final_test_loss"])
+    assert spec.direction == "min"
+
+
+NEW_BAD = [
+    (["network.task=regress"], "network.task", "classify, reconstruct"),
+    (["network.optimizer=adam"], "network.optimizer", "sgd, rmsprop"),
+    (["network.batch_size=0"], "network.batch_size", ">= 1"),
+    (["network.batch_size=two"], "network.batch_size", "integer"),
+    (["network.group_leaks=0,1.5"], "network.group_leaks", "[0, 1]"),
+    (["network.group_leaks=[]"], "network.group_leaks", ">= 1 leak"),
+    (["network.reset_scope=unit"], "network.reset_scope", "input, group"),
+    (["network.feature_groups=0"], "network.feature_groups", ">= 1"),
+    (["network.test_protocol=live"], "network.test_protocol", "isolated, streamed"),
+    (["network.test_ordering=reps-0"], "network.test_ordering", "k >= 1"),
+    (["network.test_ordering=3"], "network.test_ordering", "a string"),
+    (["network.bptt_window=0"], "network.bptt_window", ">= 1"),
+    (["network.dtype=float16"], "network.dtype", "float32"),
+    (["network.device=tpu"], "network.device", "cpu"),
+    (["network.device=cuda"], "network.device", "resources.gpu > 0"),
+    (["network.rms_alpha=2"], "network.rms_alpha", "[0, 1]"),
+    (["network.momentum=1"], "network.momentum", "[0, 1)"),
+    (["network.rms_eps=-1"], "network.rms_eps", ">= 0"),
+    (["network.task=reconstruct", "network.output=softmax"], "network.output", "sigmoid"),
+    (["network.minibatch.batch_size=0"], "network.minibatch.batch_size", ">= 1"),
+    (["network.minibach.batch_size=2"], "network.minibach", "did you mean 'network.minibatch'"),
+    (
+        ["network.lstm.bptt_windw=3"],
+        "network.lstm.bptt_windw",
+        "did you mean 'network.lstm.bptt_window'",
+    ),
+    (["network.test_ordering=reps-1"], "network.test_protocol", "'streamed' when test_ordering"),
+    (["variants=[{test_ordering='reps-1'}]"], "variants[0]", "with a name"),
+    (["variants=[{name='a b'}]"], "variants.name", "no spaces"),
+    (["variants=[{name='a'}, {name='a'}]"], "variants", "distinct"),
+    (["variants=[{name='a', leek=0.3}]"], "variants.a.leek", "did you mean 'variants.a.leak'"),
+    (["variants=[{name='a', leak=3}]"], "variants.a.leak", "[0, 1]"),
+    (["variants=[{name='a', dataset={noise=-1}}]"], "variants.a.dataset.noise", ">= 0"),
+    (["variants=[{name='a', dataset={name='mnist'}}]"], "variants.a.dataset.name", "unknown"),
+    (["variants.b.leak=0.2"], "variants.b.leak", "variants.<index, name or *>"),
+    (["network.task=reconstruct", "objective=test_error_auc"], "objective", "without accuracy"),
+    (["network.task=reconstruct", "objective=samples_to_target"], "objective", "test_loss_auc"),
+    (["objective=timescale_selectivity"], "objective", "latent states"),
+    (["objective=timescale_selectivty"], "objective", "did you mean 'timescale_selectivity'"),
+    (["datasets.0.switch_periods=[]"], "datasets[0].switch_periods", "a period"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "field", "allowed"), NEW_BAD)
+def test_bad_new_field_values_give_one_message(
+    overrides: list[str], field: str, allowed: str
+) -> None:
+    with pytest.raises(SpecError) as caught:
+        load_spec("smoke", overrides)
+    message = str(caught.value)
+    assert message.startswith(field), message
+    assert "is invalid:" in message and allowed in message, message
+    assert "\n" not in message
+
+
+FIG3_BAD = [
+    (["objective=final_test_accuracy"], "objective", "without accuracy"),
+    (["objective=timescale_selectivity", "network.task=classify"], "objective", "latent"),
+    (["objective=timescale_selectivity", "scheduler=asha"], "scheduler", "timescale"),
+    (
+        ["network.group_leaks=0,0.5", "network.feature_groups=2"],
+        "search_space.multiscale",
+        "leak_group2",
+    ),
+    (["network.group_leaks=0,0.5,0.7,0.9"], "network.feature_groups", "multiscale-reset"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "field", "allowed"), FIG3_BAD)
+def test_bad_autoencoder_settings_give_one_message(
+    overrides: list[str], field: str, allowed: str
+) -> None:
+    with pytest.raises(SpecError) as caught:
+        load_spec("paper-fig3-multiscale", overrides)
+    message = str(caught.value)
+    assert message.startswith(field) and allowed in message, message
+    assert "\n" not in message

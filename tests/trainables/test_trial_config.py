@@ -27,7 +27,7 @@ BAD_VALUES = [
     ("ordering", "foo"),
     ("ordering", "reps-0"),
     ("ordering", "reps--1"),
-    ("model", "lstm"),
+    ("model", "gru"),
     ("output", "tanh"),
     ("loss", "hinge"),
     ("gradient", "bptt"),
@@ -36,6 +36,7 @@ BAD_VALUES = [
     ("target_accuracy", 1.5),
     ("target_accuracy", 0.0),  # documented range is (0, 1]
     ("seed", -1),
+    ("bptt_window", 0),
 ]
 
 
