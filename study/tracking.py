@@ -313,6 +313,9 @@ class MlflowTracking(Callback):
                 and _is_number(value)
             ]
             tags = [RunTag("diverged", str(bool(final.get("diverged", 0))).lower())]
+            # Stopped early by the scheduler (ASHA): ended without its final report.
+            pruned = status == "FINISHED" and final.get("final") != 1
+            tags.append(RunTag("pruned", str(pruned).lower()))
             if status == "FAILED":
                 tags.append(RunTag("error", _param_value(str(trial.error_file or "see Ray logs"))))
             for start in range(0, len(summary), MAX_METRICS):
@@ -323,7 +326,8 @@ class MlflowTracking(Callback):
                 )
             if not summary:
                 self.client.log_batch(run_id, tags=tags)
-            config = {**trial.config["base"], **trial.config["params"]}
+            # The resolved config: leak_group<g> folded into group_leaks, as in the params.
+            config = apply_params(trial.config["base"], trial.config["params"])
             self.client.log_dict(run_id, config, "config.json")
             if folder is not None and (folder / CURVES_FILE).exists():
                 self.client.log_artifact(run_id, str(folder / CURVES_FILE))

@@ -25,6 +25,7 @@ from study.progress import (
     summary_table,
     write_summary_json,
 )
+from study.scheduler import CellASHA
 from study.searcher import CellSearcher
 from study.spec import SpecError, StudySpec
 from study.tracking import MlflowTracking
@@ -109,7 +110,6 @@ def trainable(spec: StudySpec) -> Any:
 def run_study(spec: StudySpec, summary_json: str | None = None) -> list[CellSummary]:
     """Run the whole study; prints progress and the summary table; returns the summary rows."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     cells = expand(spec)
     started = start_ray(spec)
@@ -119,17 +119,8 @@ def run_study(spec: StudySpec, summary_json: str | None = None) -> list[CellSumm
         folder = study_dir(spec)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / SPEC_FILE).write_text(spec.to_json())
-        scheduler = None
-        if spec.scheduler == "asha":
-            epoch = _epoch_length(cells[0])
-            scheduler = ASHAScheduler(
-                time_attr="samples_seen",
-                metric="objective",
-                mode=spec.direction,
-                max_t=epoch * spec.epochs,
-                grace_period=max(spec.eval_every, epoch // 9),
-                reduction_factor=3,
-            )
+        # One ASHA per cell on the fraction of training done (see study.scheduler).
+        scheduler = CellASHA(mode=spec.direction) if spec.scheduler == "asha" else None
         print(
             f"study {spec.name}: {len(cells)} cells x {spec.trials_per_cell} trials, "
             f"{concurrency} at once; tracking {spec.tracking_uri}",
@@ -222,12 +213,6 @@ def _report(
     if summary_json:
         write_summary_json(summary_json, spec, rows)
     return rows
-
-
-def _epoch_length(cell: Cell) -> int:
-    from trainables.data import load_dataset
-
-    return len(load_dataset(cell.dataset).train_y)
 
 
 def _quiet_tune() -> None:

@@ -7,11 +7,12 @@ Tune's config for a trial (built by the study's searcher) is::
      "params": {"learning_rate": 0.02, "leak": 0.7},   # the searched values (override base)
      "optuna_trial_number": 3, "paper_setting": False}
 
-The trainable reports replicate means and CIs at every evaluation point (``samples_seen`` is
-Tune's time axis for ASHA), checkpoints the engine state every ``CHECKPOINT_EVERY_S`` seconds and
-at the end, and resumes exactly from ``ray.tune.get_checkpoint()`` after a worker failure. The
-final checkpoint also holds ``curves.json`` (per-replicate curves) and ``history.json`` (the
-reported metrics of every evaluation point) for the driver to log as artifacts and metrics.
+The trainable reports replicate means and CIs at every evaluation point, with ``progress``
+(samples seen / the trial's total samples: the time axis of the per-cell ASHA in
+``study.scheduler``). It checkpoints the engine state every ``CHECKPOINT_EVERY_S`` seconds and at
+the end, and resumes exactly from ``ray.tune.get_checkpoint()`` after a worker failure. The final
+checkpoint also holds ``curves.json`` (per-replicate curves) and ``history.json`` (the reported
+metrics of every evaluation point) for the driver to log as artifacts and metrics.
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ def train(config: dict[str, Any], objective: str = "test_loss_auc") -> None:
             ),
             "final": 0,
             "diverged": int(point.diverged),
+            "progress": point.samples_seen / run.total_samples,
         }
         is_last = point.diverged or point.index == len(run.eval_points) - 1
         if is_last:
