@@ -1,14 +1,16 @@
-"""Live progress lines while a study runs, and the end-of-study summary.
+"""The live progress display while a study runs, and the end-of-study summary.
 
-Progress goes to stderr as compact lines: on trial completion (at most one line every
-``MIN_LINE_GAP_S`` seconds, plus the last) and a heartbeat every ``HEARTBEAT_S`` seconds. The
-summary is computed from the trials' final results, so it is the same after a resume.
+:class:`ProgressReporter` shows per cell the trials done / budget and the best objective so
+far, with the study's elapsed and estimated remaining time (redrawn in place on a terminal,
+printed as periodic blocks in a log). The summary is computed from the trials' final results,
+so it is the same after a resume.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from collections.abc import Iterable
@@ -23,9 +25,6 @@ from study.spec import StudySpec
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
-
-MIN_LINE_GAP_S = 2.0
-HEARTBEAT_S = 15.0
 
 
 @dataclass
@@ -148,9 +147,9 @@ def summary_table(spec: StudySpec, rows: list[CellSummary]) -> str:
     header = ("cell", "done", f"paper {spec.objective}", f"best {spec.objective}", "best params")
     lines = [header]
     for r in rows:
-        done = f"{r.finished}/{r.budget}" + (f" ({r.failed} failed)" if r.failed else "")
-        if r.diverged:
-            done += f" ({r.diverged} diverged)"
+        done = f"{r.finished}/{r.budget}"
+        for count, what in ((r.failed, "failed"), (r.pruned, "pruned"), (r.diverged, "diverged")):
+            done += f" ({count} {what})" if count else ""
         lines.append(
             (
                 r.cell,
@@ -170,7 +169,10 @@ def summary_table(spec: StudySpec, rows: list[CellSummary]) -> str:
 
 
 def write_summary_json(path: str | Path, spec: StudySpec, rows: list[CellSummary]) -> None:
-    """``--summary-json``: study name, tracking URI, objective and one entry per cell."""
+    """``--summary-json``: study name, tracking URI, objective and one entry per cell.
+
+    Non-finite numbers (a NaN CI bound, say) become ``null``: the file stays strict JSON.
+    """
     payload = {
         "study": spec.name,
         "tracking_uri": spec.tracking_uri,
@@ -180,79 +182,215 @@ def write_summary_json(path: str | Path, spec: StudySpec, rows: list[CellSummary
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, allow_nan=False, default=_none_for_nan))
+    path.write_text(json.dumps(finite_or_none(payload), indent=2, allow_nan=False))
 
 
-def _none_for_nan(value: Any) -> Any:
-    return None
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN/inf float, at any depth of dicts/lists/tuples, replaced by None.
+
+    (``json.dumps(default=...)`` cannot do this: it never calls ``default`` for floats.)
+    """
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+# The live display
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class CellProgress:
+    """Live state of one cell, from the trials Tune holds."""
+
+    key: str
+    budget: int
+    ended: int = 0
+    running: int = 0
+    failed: int = 0
+    pruned: int = 0
+    diverged: int = 0
+    best: float | None = None
 
 
 class ProgressReporter(Callback):
-    """Ray Tune callback printing per-cell progress and an overall time estimate."""
+    """Ray Tune callback showing, per cell, trials done / budget and the best objective so far,
+    with the study's elapsed and estimated remaining time.
+
+    On a terminal the table is redrawn in place (at most every ``REDRAW_S`` seconds). Otherwise
+    (a log file, CI) the table is printed as a block when something changed, at most every
+    ``BLOCK_EVERY_S`` seconds, and once more at the end; while nothing changes a one-line
+    heartbeat comes every ``HEARTBEAT_S`` seconds, so logs stay short and readable.
+
+    Args:
+        spec: the study spec (budget per cell, objective and its direction).
+        cells: the study's cells, in display order.
+        stream: where to write (default: stderr, looked up at every write).
+    """
+
+    REDRAW_S = 1.0
+    BLOCK_EVERY_S = 30.0
+    HEARTBEAT_S = 60.0
 
     def __init__(self, spec: StudySpec, cells: list[Cell], stream: TextIO | None = None) -> None:
         self.budget = spec.trials_per_cell
+        self.objective = spec.objective
         self.direction = spec.direction
         self.cell_keys = [c.key for c in cells]
         self.total = len(cells) * spec.trials_per_cell
         self._stream = stream
         self._started = time.monotonic()
-        self._last_line = 0.0
+        self._last_draw = -math.inf
+        self._drawn_lines = 0
+        self._changed = True
+        self._ended_here: set[str] = set()
+        """Trials that ended in this session (they measure the pace; restored ones do not)."""
+        self._errored: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_stream": None}
 
+    @property
+    def stream(self) -> TextIO:
+        return self._stream or sys.stderr
+
+    # -- Tune hooks --------------------------------------------------------------------------
     def setup(self, **info: Any) -> None:
         """Restart the clock (also on resume, where it measures this session)."""
-        self._started = self._last_line = time.monotonic()
+        self._started = time.monotonic()
+        self._last_draw = -math.inf
+        self._drawn_lines = 0
+        self._changed = True
+        self._ended_here = set()
+
+    def on_trial_start(
+        self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
+    ) -> None:
+        """A trial started: its cell's running count changed."""
+        self._changed = True
 
     def on_trial_complete(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
-        """One line about the completed trial's cell (throttled)."""
-        self._line(trials, trial)
+        """A trial finished (or was stopped by the scheduler)."""
+        self._ended_here.add(trial.trial_id)
+        self._changed = True
 
     def on_trial_error(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
     ) -> None:
-        """One line about the failed trial's cell (throttled)."""
-        self._line(trials, trial)
+        """A trial failed."""
+        self._ended_here.add(trial.trial_id)
+        self._errored.add(trial.trial_id)
+        self._changed = True
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
-        """A heartbeat line when nothing completed for a while (long trials)."""
-        if time.monotonic() - self._last_line >= HEARTBEAT_S:
-            self._line(trials, None)
-
-    def _line(self, trials: list[Trial], trial: Trial | None) -> None:
+        """Redraw (terminal) or print a block / heartbeat (log) when it is time."""
         now = time.monotonic()
-        # The trial being reported may not carry its final status yet: count it as ended.
-        ended = [t for t in trials if t.status in ("TERMINATED", "ERROR") or t is trial]
-        last = len(ended) >= self.total
-        if trial is not None and not last and now - self._last_line < MIN_LINE_GAP_S:
-            return
-        self._last_line = now
-        elapsed = now - self._started
-        # Trials that ended in this session measure the pace; restored ones cost nothing here.
-        pace = elapsed / max(len(ended), 1)
-        left = pace * (self.total - len(ended))
-        text = (
-            f"[{len(ended)}/{self.total} trials, {_clock(elapsed)} elapsed, ~{_clock(left)} left]"
-        )
-        if trial is not None and "cell" in trial.config:
-            key = trial.config["cell"]
-            cell_trials = [t for t in ended if t.config.get("cell") == key]
-            values = [
-                t.last_result["objective"]
-                for t in cell_trials
-                if t.last_result.get("final") == 1 and not t.last_result.get("diverged")
-            ]
-            best = (min if self.direction == "min" else max)(values) if values else None
-            text += f" {key}: {len(cell_trials)}/{self.budget} done"
-            text += f", best objective {best:.4f}" if best is not None else ", no result yet"
+        since = now - self._last_draw
+        if self._live():
+            if since >= self.REDRAW_S:
+                self._draw(trials, now)
+        elif self._changed and since >= self.BLOCK_EVERY_S:
+            self._draw(trials, now)
+        elif since >= self.HEARTBEAT_S:
+            self._write(self.header(trials, now) + "\n", lines=0)
+            self._last_draw = now
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        """The final state of every cell."""
+        self._draw(trials, time.monotonic())
+        self._drawn_lines = 0  # what follows (the summary) is printed below, never over it
+
+    # -- what is shown -----------------------------------------------------------------------
+    def cells(self, trials: list[Trial]) -> list[CellProgress]:
+        """Per-cell counts and best objective (diverged trials never count as best)."""
+        rows = {key: CellProgress(key, self.budget) for key in self.cell_keys}
+        sign = 1.0 if self.direction == "min" else -1.0
+        for trial in trials:
+            row = rows.get((trial.config or {}).get("cell"))
+            if row is None:
+                continue
+            errored = trial.status == "ERROR" or trial.trial_id in self._errored
+            ended = errored or trial.status == "TERMINATED" or trial.trial_id in self._ended_here
+            if not ended:
+                row.running += trial.status == "RUNNING"
+                continue
+            row.ended += 1
+            found = outcome(trial.config, trial.last_result, errored)
+            row.failed += found.status == "failed"
+            row.pruned += found.status == "pruned"
+            row.diverged += found.diverged
+            better = row.best is None or sign * found.objective < sign * row.best
+            if found.status == "finished" and not found.diverged and better:
+                row.best = found.objective
+        return list(rows.values())
+
+    def header(self, trials: list[Trial], now: float | None = None) -> str:
+        """``[ended/total trials, running, elapsed, ~left]``: the overall line."""
+        rows = self.cells(trials)
+        ended = sum(r.ended for r in rows)
+        running = sum(r.running for r in rows)
+        elapsed = (time.monotonic() if now is None else now) - self._started
+        here = len(self._ended_here)
+        if ended >= self.total:
+            left = "done"
+        elif here:
+            # Trials ending in this session measure the pace (concurrency included).
+            left = f"~{_clock(elapsed / here * (self.total - ended))} left"
         else:
-            running = sum(t.status == "RUNNING" for t in trials)
-            text += f" {running} running"
-        print(text, file=self._stream or sys.stderr, flush=True)
+            left = "~? left"
+        return (
+            f"[{ended}/{self.total} trials, {running} running, {_clock(elapsed)} elapsed, {left}]"
+        )
+
+    def table(self, trials: list[Trial], now: float | None = None) -> str:
+        """The header line, then one line per cell: done/budget, running, best, notes."""
+        rows = self.cells(trials)
+        lines = [("cell", "done", "running", f"best {self.objective}", "")]
+        for r in rows:
+            counts = {"failed": r.failed, "pruned": r.pruned, "diverged": r.diverged}
+            notes = [f"{n} {what}" for what, n in counts.items() if n]
+            lines.append(
+                (
+                    r.key,
+                    f"{r.ended}/{r.budget}",
+                    str(r.running) if r.running else "-",
+                    f"{r.best:.4f}" if r.best is not None else "-",
+                    ", ".join(notes),
+                )
+            )
+        widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+        body = [
+            "  " + "  ".join(col.ljust(w) for col, w in zip(line, widths, strict=True)).rstrip()
+            for line in lines
+        ]
+        return "\n".join([self.header(trials, now), *body])
+
+    # -- writing -------------------------------------------------------------------------------
+    def _live(self) -> bool:
+        """Redraw in place: a terminal tall enough for the whole table."""
+        isatty = getattr(self.stream, "isatty", None)
+        if not (isatty and isatty()):
+            return False
+        return len(self.cell_keys) + 3 <= shutil.get_terminal_size().lines
+
+    def _draw(self, trials: list[Trial], now: float) -> None:
+        text = self.table(trials, now)
+        self._write(text + "\n", lines=text.count("\n") + 1)
+        self._last_draw = now
+        self._changed = False
+
+    def _write(self, text: str, lines: int) -> None:
+        if self._drawn_lines and self._live():
+            # Back to the first line of the previous table, clear to the end of the screen.
+            text = f"\x1b[{self._drawn_lines}F\x1b[J" + text
+        self._drawn_lines = lines if self._live() else 0
+        self.stream.write(text)
+        self.stream.flush()
 
 
 def _clock(seconds: float) -> str:
