@@ -87,3 +87,26 @@ def ray_local() -> Iterator[None]:
     )
     yield
     ray.shutdown()
+
+
+def shared_data_dir() -> Path | None:
+    """The real MNIST / Fashion-MNIST IDX folder: the nearest ``<ancestor>/shared/data`` of this
+    file that holds ``mnist/`` (``../shared/data`` from a checkout next to ``shared/``, e.g.
+    /work/main; ``/work/shared/data`` from a worktree under /work/wt/)."""
+    for folder in Path(__file__).resolve().parents:
+        candidate = folder / "shared" / "data"
+        if (candidate / "mnist").is_dir():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_data_dir() -> Path:
+    """:func:`shared_data_dir`, or a skip saying where it was looked for."""
+    found = shared_data_dir()
+    if found is None:
+        pytest.skip(
+            "no real MNIST files: looked for shared/data/mnist/ in every folder above "
+            f"{Path(__file__).resolve().parent}"
+        )
+    return found

@@ -74,10 +74,8 @@ def test_check_passes_on_a_preset(tmp_path: Path) -> None:
     assert "4 cells x 2 trials" in done.stdout
 
 
-def test_check_reads_real_mnist() -> None:
-    data = Path(__file__).resolve().parents[3] / "shared" / "data"
-    if not (data / "mnist").exists() and not list(data.glob("*idx*")):
-        pytest.skip(f"no MNIST files in {data}")
+def test_check_reads_real_mnist(real_data_dir: Path) -> None:
+    data = real_data_dir
     done = study(
         "check",
         "paper-fig2-mnist",
