@@ -17,6 +17,7 @@ from study.cells import expand
 from study.cli import main
 from study.spec import StudySpec, load_spec, preset_names, preset_text
 from trainables.config import MODELS
+from trainables.engine import eval_schedule
 
 SCIENCE = ("paper-fig3-multiscale", "paper-a10-generalization")
 
@@ -182,3 +183,30 @@ def test_every_model_runs_through_the_service(ray_local: None, tmp_path: Path) -
     assert {row.model for row in rows} == set(MODELS)
     assert all((row.finished, row.failed) == (1, 0) for row in rows), rows
     assert {r.data.tags["model"] for r in _trials(runs)} == set(MODELS)
+
+
+@pytest.mark.parametrize("name", ["paper-fig2-mnist", "paper-fig2-fashion"])
+def test_documented_reduced_budget_gives_real_curves(name: str) -> None:
+    """The small-machine command in the preset's header (and README's, for MNIST) is valid and
+    evaluates often enough over its shorter epoch to draw a curve."""
+    header = [line.removeprefix("#").strip() for line in preset_text(name).splitlines()]
+    start = next(
+        i
+        for i, line in enumerate(header)
+        if line.startswith(f"study run {name} ") and line.endswith("\\")
+    )
+    command = ""
+    for line in header[start:]:
+        command += " " + line.removesuffix("\\")
+        if not line.endswith("\\"):
+            break
+    words = command.split()
+    overrides = [words[i + 1] for i, word in enumerate(words) if word == "--set"]
+    spec = load_spec(name, overrides)
+    cell = expand(spec)[0]
+    samples = 10 * cell.base.dataset.train_per_category
+    points = eval_schedule(samples, samples, spec.eval_every, spec.eval_schedule)
+    assert len(points) >= 20, f"{name}: only {len(points)} evaluation points: {points}"
+    if name == "paper-fig2-mnist":
+        readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+        assert " ".join(words[2:]) in " ".join(readme.replace("\\\n", " ").split())
