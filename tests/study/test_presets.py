@@ -16,7 +16,7 @@ from mlflow.tracking import MlflowClient
 from study.cells import expand
 from study.cli import main
 from study.spec import StudySpec, load_spec, preset_names, preset_text
-from trainables.config import MODELS
+from trainables.config import MODELS, TrialConfig
 from trainables.engine import eval_schedule
 
 SCIENCE = ("paper-fig3-multiscale", "paper-a10-generalization")
@@ -146,7 +146,7 @@ def _trials(runs: list) -> list:
 
 @pytest.mark.integration
 def test_tiny_fig3_runs_and_logs_timescale_selectivity(ray_local: None, tmp_path: Path) -> None:
-    spec, rows, _, runs = _run("paper-fig3-multiscale", tmp_path)
+    spec, rows, client, runs = _run("paper-fig3-multiscale", tmp_path)
     assert spec.direction == "max" and len(rows) == 5
     for row in rows:
         assert (row.finished, row.failed, row.diverged) == (1, 0, 0), row
@@ -161,6 +161,11 @@ def test_tiny_fig3_runs_and_logs_timescale_selectivity(ray_local: None, tmp_path
     searched = [float(run.data.params[f"searched.leak_group{g}"]) for g in range(3)]
     logged = json.loads(run.data.params["config.group_leaks"])
     assert logged == pytest.approx(searched), "searched leaks are what the trial ran with"
+    # The config.json artifact is the same resolved config: a TrialConfig, no leak_group<g> keys.
+    path = client.download_artifacts(run.info.run_id, "config.json", str(tmp_path))
+    config = json.loads(Path(path).read_text())
+    assert not [key for key in config if key.startswith("leak_group")]
+    assert list(TrialConfig.from_dict(config).group_leaks) == pytest.approx(searched)
 
 
 @pytest.mark.integration
