@@ -195,11 +195,12 @@ def _cluster_fit(spec: StudySpec) -> str:
     started = start_ray(spec)
     try:
         at_once = check_cluster(spec)
-        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+        # Nodes that can take trials (a driver's own node joins with no CPUs).
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0))
     finally:
         if started:
             ray.shutdown()
-    return f"ray cluster: {nodes} nodes, {at_once} trials at once"
+    return f"ray cluster: {nodes} nodes with CPUs, {at_once} trials at once"
 
 
 def _presets(args: argparse.Namespace) -> int:

@@ -160,7 +160,7 @@ def test_check_reports_the_cluster_and_its_capacity(topology: Topology) -> None:
     assert done.returncode == 0, done.stderr[-4000:]
     assert "API answers our Host header" in done.stdout
     assert "optuna storage" in done.stdout and "reachable" in done.stdout
-    assert "ray cluster: 2 nodes, 2 trials at once" in done.stdout
+    assert "ray cluster: 2 nodes with CPUs, 2 trials at once" in done.stdout
 
 
 def test_a_trial_larger_than_every_node_fails_before_any_run(topology: Topology) -> None:

@@ -137,8 +137,7 @@ def test_ray_workers_scale_and_have_shared_memory_and_a_shared_volume() -> None:
     assert "container_name" not in worker  # --scale ray-worker=N needs generated names
     for name in (*RAY_SERVICES, "study"):
         service = services()[name]
-        if name != "study":
-            assert int(service["shm_size"]) >= 1 << 30, name
+        assert int(service["shm_size"]) >= 1 << 30, name
         mounts = {v["target"]: v for v in service["volumes"]}
         # Ray Tune writes checkpoints where trials run and reads them in the driver.
         assert mounts["/work"]["type"] == "volume" and mounts["/work"]["source"] == "study-work"
@@ -170,6 +169,17 @@ def test_the_runner_reaches_mlflow_by_an_allowed_host_and_ray_at_the_head_port()
     assert runner["OPTUNA_STORAGE"].endswith("@postgres:5432/optuna")
     # The password reaches MLflow through its environment, never its command line.
     assert not any("postgresql" in arg for arg in mlflow_command)
+
+
+def test_the_runner_joins_the_cluster_as_a_node_without_cpus() -> None:
+    # A Ray driver needs a raylet on its own machine: the runner container starts one.
+    assert services()["study"]["entrypoint"] == ["study-runner"]
+    script = (ROOT / "docker/runner-entrypoint.sh").read_text()
+    assert 'ray start --address="${RAY_ADDRESS' in script and "--num-cpus=0" in script
+    assert 'exec study "$@"' in script
+    assert "docker/runner-entrypoint.sh /usr/local/bin/study-runner" in (
+        ROOT / "docker/Dockerfile"
+    ).read_text()
 
 
 def test_healthchecks_gate_the_dependants() -> None:
