@@ -29,6 +29,7 @@ import json
 import os
 import pickle
 import platform
+import subprocess
 import sys
 import tempfile
 import threading
@@ -134,14 +135,25 @@ def mlflow_writes(url: str, requests: int, point_metrics: int, writers: int) -> 
 
 
 def optuna_ask_tell(storage: Any, sampler: str, trials: int, window: int) -> dict[str, float]:
-    """Ask+tell per second over the first and the last ``window`` trials of one study."""
+    """Ask+tell per second over the first and the last ``window`` trials of one study; with an
+    RDB storage also its SQL statements and commits per ask+tell (the same on any machine)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    counts = {"statements": 0, "commits": 0}
+    if storage is not None:
+        import sqlalchemy
+
+        def count(key: str) -> Any:
+            return lambda *args, **kwargs: counts.__setitem__(key, counts[key] + 1)
+
+        sqlalchemy.event.listen(storage.engine, "before_cursor_execute", count("statements"))
+        sqlalchemy.event.listen(storage.engine, "commit", count("commits"))
     chosen = (
         optuna.samplers.TPESampler(seed=0)
         if sampler == "tpe"
         else optuna.samplers.RandomSampler(seed=0)
     )
     study = optuna.create_study(storage=storage, sampler=chosen, study_name=f"bench-{sampler}")
+    counts.update(statements=0, commits=0)
     stamps = []
     for _ in range(trials):
         stamps.append(time.perf_counter())
@@ -150,10 +162,69 @@ def optuna_ask_tell(storage: Any, sampler: str, trials: int, window: int) -> dic
         rate = trial.suggest_float("learning_rate", 1e-3, 1.0, log=True)
         study.tell(trial, (leak - 0.6) ** 2 + rate)
     stamps.append(time.perf_counter())
-    return {
+    out = {
         "first_per_s": _rate(window, stamps[window] - stamps[0]),
         "last_per_s": _rate(window, stamps[-1] - stamps[-1 - window]),
         "trials": trials,
+    }
+    if storage is not None:
+        out["statements_per_ask_tell"] = counts["statements"] / trials
+        out["commits_per_ask_tell"] = counts["commits"] / trials
+    return out
+
+
+def study_store_load(tracking_uri: str, mlflow_db: str, optuna_db: str) -> dict[str, Any]:
+    """Transactions a real study commits per trial in each store (``study run smoke``, local
+    Ray, the server and the Optuna database above), read from PostgreSQL's own counters."""
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    def commits(url: str) -> int:
+        parts = make_url(url)
+        with (
+            psycopg2.connect(
+                host=parts.host, port=parts.port, user=parts.username, dbname=parts.database
+            ) as connection,
+            connection.cursor() as cursor,
+        ):
+            cursor.execute("SELECT pg_stat_force_next_flush()")
+            cursor.execute(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = %s", (parts.database,)
+            )
+            return int(cursor.fetchone()[0])
+
+    trials = 8  # smoke: 4 cells x 2 trials
+    before = {"mlflow": commits(mlflow_db), "optuna": commits(optuna_db)}
+    with tempfile.TemporaryDirectory() as scratch:
+        start = time.perf_counter()
+        done = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "study"),
+                "run",
+                "smoke",
+                "--name",
+                "bench-load",
+                "--tracking-uri",
+                tracking_uri,
+                "--optuna-storage",
+                optuna_db,
+                "--storage-path",
+                scratch,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=scratch,
+        )
+        seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    time.sleep(11.0)  # a backend idle for 10 s flushes its counters to pg_stat_database
+    after = {"mlflow": commits(mlflow_db), "optuna": commits(optuna_db)}
+    return {
+        "trials": trials,
+        "wall_s": seconds,
+        **{f"{k}_commits_per_trial": (after[k] - before[k]) / trials for k in before},
     }
 
 
@@ -223,11 +294,13 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         with (
             fresh_database("bench_mlflow") as backend,
+            fresh_database("bench_study_optuna") as study_optuna,
             mlflow_server(backend, Path(scratch) / "mlflow", workers=args.server_workers) as url,
         ):
             results["mlflow_server_on_postgres"] = mlflow_writes(
                 url, args.requests, args.point_metrics, args.writers
             )
+            results["study_store_load"] = study_store_load(url, backend, study_optuna)
         with fresh_database("bench_optuna") as url:
             results["optuna_postgres"] = {
                 sampler: optuna_ask_tell(
@@ -255,6 +328,17 @@ def main(argv: list[str] | None = None) -> None:
     for where in ("optuna_postgres", "optuna_in_memory"):
         for sampler, row in results[where].items():
             print(f"  {where:18s} {sampler:6s} {row['first_per_s']:9.1f} {row['last_per_s']:9.1f}")
+    for sampler, row in results["optuna_postgres"].items():
+        print(
+            f"  postgres {sampler}: {row['statements_per_ask_tell']:.1f} SQL statements, "
+            f"{row['commits_per_ask_tell']:.1f} commits per ask+tell"
+        )
+    load = results["study_store_load"]
+    print(
+        f"A real study (smoke, {load['trials']} trials, {load['wall_s']:.0f} s): "
+        f"{load['mlflow_commits_per_trial']:.1f} MLflow and "
+        f"{load['optuna_commits_per_trial']:.1f} Optuna database commits per trial"
+    )
     print("Bytes per trial")
     for preset, row in results["artifacts_per_trial"].items():
         curves_bytes = row.get("curves_json_bytes", row.get("curves_json_bytes_estimate"))
