@@ -18,6 +18,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ def compose(*args: str, env_file: Path | None = ENV_EXAMPLE) -> subprocess.Compl
         timeout=60,
         cwd=ROOT,
         # Only what the test passes: a POSTGRES_PASSWORD in the caller's shell must not leak in.
-        env={"PATH": "/usr/bin:/bin", "HOME": str(ROOT)},
+        env={"PATH": "/usr/bin:/bin", "HOME": tempfile.gettempdir()},
     )
 
 
