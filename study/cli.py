@@ -2,11 +2,17 @@
 
 Exit codes: 0 success, 2 invalid input (one message on stderr, before Ray starts or any MLflow
 run exists), 1 anything else.
+
+Where a study runs and records comes from, highest first: the flag (``--ray-address``,
+``--tracking-uri``, ``--optuna-storage``), the spec (file or ``--set``), the environment
+(``RAY_ADDRESS``, ``MLFLOW_TRACKING_URI``, ``OPTUNA_STORAGE``: the variables Ray, MLflow and
+Optuna's own CLI read), then the embedded default (local Ray, SQLite store, Optuna in memory).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
@@ -25,7 +31,20 @@ from trainables.config import ConfigError
 from trainables.data import DataError
 
 # Flags that override one spec field each (taken as plain strings, not TOML literals).
-_FIELD_FLAGS = ("name", "tracking_uri", "ray_address", "storage_path", "data_dir")
+_FIELD_FLAGS = (
+    "name",
+    "tracking_uri",
+    "ray_address",
+    "optuna_storage",
+    "storage_path",
+    "data_dir",
+)
+ENV_DEFAULTS = {
+    "ray_address": "RAY_ADDRESS",
+    "tracking_uri": "MLFLOW_TRACKING_URI",
+    "optuna_storage": "OPTUNA_STORAGE",
+}
+"""Spec field -> the environment variable that sets it when neither a flag nor the spec does."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``study`` command."""
     parser = _Parser(prog="study", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def cluster_arguments(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--ray-address", help="Ray cluster, host:port (default: $RAY_ADDRESS, else local Ray)"
+        )
+        sub.add_argument(
+            "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or SQLite)"
+        )
+        sub.add_argument(
+            "--optuna-storage",
+            help="Optuna RDB URL, e.g. postgresql+psycopg2://... (default: $OPTUNA_STORAGE, "
+            "else in memory)",
+        )
 
     def spec_arguments(sub: argparse.ArgumentParser) -> None:
         sub.add_argument(
@@ -55,8 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="override a spec key (repeatable)",
         )
         sub.add_argument("--name", help="study name")
-        sub.add_argument("--tracking-uri", help="MLflow tracking URI")
-        sub.add_argument("--ray-address", help="Ray cluster address (default: local Ray)")
+        cluster_arguments(sub)
         sub.add_argument("--storage-path", help="folder for Ray results and checkpoints")
         sub.add_argument("--data-dir", help="folder with MNIST / Fashion-MNIST IDX files")
 
@@ -67,16 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
     spec_arguments(check)
     commands.add_parser("presets", help="list the shipped presets")
     listing = commands.add_parser("list", help="list studies in the tracking store")
-    listing.add_argument("--tracking-uri", default=None)
+    listing.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI")
     resume = commands.add_parser("resume", help="continue an interrupted study")
     resume.add_argument("name")
     resume.add_argument("--storage-path", default=None)
+    cluster_arguments(resume)
     resume.add_argument("--summary-json", metavar="PATH")
     report = commands.add_parser("report", help="write a study's report and claims check")
     report.add_argument("name")
-    report.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
+    report.add_argument(
+        "--tracking-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)"
+    )
     report.add_argument("--out", default=None, help="output folder (default: reports/NAME)")
-    report.add_argument("--optuna-storage", default=None, help="Optuna RDB URL (importance)")
+    report.add_argument(
+        "--optuna-storage", default=None, help="Optuna RDB URL (default: $OPTUNA_STORAGE)"
+    )
     return parser
 
 
@@ -88,7 +124,15 @@ def load_from_args(args: argparse.Namespace) -> StudySpec:
     for name in _FIELD_FLAGS:
         if getattr(args, name, None) is not None:
             values[name] = getattr(args, name)
+    for name, variable in ENV_DEFAULTS.items():
+        if name not in values and os.environ.get(variable):
+            values[name] = os.environ[variable]
     return StudySpec.from_dict(values)
+
+
+def from_env(value: str | None, field: str) -> str | None:
+    """``value``, else the environment variable of ``field`` (see :data:`ENV_DEFAULTS`)."""
+    return value or os.environ.get(ENV_DEFAULTS[field]) or None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -131,6 +175,8 @@ def _check(args: argparse.Namespace) -> int:
     spec = load_from_args(args)
     for line in preflight(spec):
         print(f"ok  {line}")
+    if spec.ray_address is not None:
+        print(f"ok  {_cluster_fit(spec)}")
     cells = expand(spec)
     print(
         f"ok  {len(cells)} cells x {spec.trials_per_cell} trials = "
@@ -138,6 +184,23 @@ def _check(args: argparse.Namespace) -> int:
         f"({spec.direction})"
     )
     return 0
+
+
+def _cluster_fit(spec: StudySpec) -> str:
+    """Join the cluster briefly: does one trial fit a node, and how many run at once."""
+    import ray
+
+    from study.tuner import check_cluster, start_ray
+
+    started = start_ray(spec)
+    try:
+        at_once = check_cluster(spec)
+        # Nodes that can take trials (a driver's own node joins with no CPUs).
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0))
+    finally:
+        if started:
+            ray.shutdown()
+    return f"ray cluster: {nodes} nodes with CPUs, {at_once} trials at once"
 
 
 def _presets(args: argparse.Namespace) -> int:
@@ -151,7 +214,7 @@ def _presets(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from study.tracking import connect
 
-    uri = args.tracking_uri or default_tracking_uri()
+    uri = from_env(args.tracking_uri, "tracking_uri") or default_tracking_uri()
     client = connect(uri)
     rows: list[tuple[str, ...]] = []
     for experiment in client.search_experiments(filter_string="tags.study != ''"):
@@ -187,9 +250,25 @@ def _all_runs(client: Any, experiment_id: str) -> list[Any]:
 
 
 def _resume(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from study.preflight import preflight
+    from study.spec import SpecError
     from study.tuner import load_stored_spec, resume_study
 
     spec = load_stored_spec(args.name, args.storage_path or default_storage_path())
+    # Tune restores the tracking callback and the Optuna studies from its own state, bound to
+    # the stores the study started with: those cannot move, only the Ray cluster can.
+    for name in ("tracking_uri", "optuna_storage"):
+        given = getattr(args, name)
+        if given is not None and given != getattr(spec, name):
+            raise SpecError(
+                name, given, f"the store study {spec.name} started with ({getattr(spec, name)})"
+            )
+    address = from_env(args.ray_address, "ray_address")
+    if address is not None:
+        spec = dataclasses.replace(spec, ray_address=address)
+    preflight(spec)
     resume_study(spec, args.summary_json)
     return 0
 
@@ -197,7 +276,12 @@ def _resume(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from study.reports import build_report
 
-    report = build_report(args.name, args.tracking_uri, args.out, args.optuna_storage)
+    report = build_report(
+        args.name,
+        from_env(args.tracking_uri, "tracking_uri"),
+        args.out,
+        from_env(args.optuna_storage, "optuna_storage"),
+    )
     held = [c for c in report.payload["claims"] if c["headline"]]
     for row in held:
         part = f"{row['claim']}{row['part']}"

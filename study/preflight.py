@@ -6,9 +6,11 @@ needed, raised before any trial or MLflow run exists.
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -38,17 +40,24 @@ def preflight(spec: StudySpec) -> list[str]:
 
 
 def check_tracking(uri: str) -> str:
-    """An MLflow server answers /health; a local SQLite store's folder is writable."""
+    """An MLflow server is healthy and answers our API; a local SQLite store's folder is writable.
+
+    ``/health`` alone is not enough: MLflow 3.x answers it for any Host header but refuses API
+    calls whose Host header is not in the server's ``--allowed-hosts`` (HTTP 403), which would
+    otherwise surface as a failed write in the middle of the study.
+    """
     if uri.startswith(("http://", "https://")):
+        base = uri.rstrip("/")
         try:
-            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=TIMEOUT_S) as reply:
+            with urllib.request.urlopen(f"{base}/health", timeout=TIMEOUT_S) as reply:
                 if reply.status != 200:
                     raise OSError(f"HTTP {reply.status}")
         except (OSError, urllib.error.URLError) as error:
             raise SpecError(
                 "tracking_uri", uri, f"a reachable MLflow server (GET /health failed: {error})"
             ) from None
-        return f"tracking server {uri}: healthy"
+        _check_tracking_api(base)
+        return f"tracking server {uri}: healthy, API answers our Host header"
     if uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
         existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
@@ -58,19 +67,68 @@ def check_tracking(uri: str) -> str:
     return f"tracking store {uri}: not checked (no preflight for this scheme)"
 
 
+def _check_tracking_api(base: str) -> None:
+    """One real API call (search experiments), with MLflow's own credential variables."""
+    request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1")
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+    elif os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        pair = f"{os.environ['MLFLOW_TRACKING_USERNAME']}:"
+        pair += os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+        request.add_header("Authorization", f"Basic {base64.b64encode(pair.encode()).decode()}")
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S):
+            return
+    except urllib.error.HTTPError as error:
+        body = error.read(500).decode(errors="replace")
+        host = urllib.parse.urlsplit(base).netloc
+        if error.code == 403 and "Host header" in body:
+            allowed = (
+                f"a server started with --allowed-hosts including {host} (it refused our "
+                f"Host header {host!r}: {body.strip()})"
+            )
+        elif error.code in (401, 403):
+            allowed = (
+                f"credentials the server accepts (HTTP {error.code}; set MLFLOW_TRACKING_TOKEN "
+                "or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD)"
+            )
+        else:
+            allowed = f"a working MLflow API (search experiments: HTTP {error.code} {body[:200]})"
+        raise SpecError("tracking_uri", base, allowed) from None
+    except (OSError, urllib.error.URLError) as error:
+        raise SpecError(
+            "tracking_uri", base, f"a working MLflow API (search experiments failed: {error})"
+        ) from None
+
+
 def check_optuna_storage(url: str) -> str:
-    """The Optuna RDB answers a connection."""
+    """The Optuna RDB answers a connection within the preflight timeout."""
     import sqlalchemy
 
+    # Without a connect timeout an unreachable database host hangs for minutes (TCP retries).
+    connect_args = {"connect_timeout": int(TIMEOUT_S)} if url.startswith("postgresql") else {}
     try:
-        engine = sqlalchemy.create_engine(url)
+        engine = sqlalchemy.create_engine(url, connect_args=connect_args)
         with engine.connect():
             pass
+        engine.dispose()
     except Exception as error:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()
         raise SpecError(
-            "optuna_storage", url, f"a reachable database ({type(error).__name__})"
+            "optuna_storage",
+            _without_password(url),
+            f"a reachable database ({type(error).__name__}: {reason[0] if reason else ''})",
         ) from None
-    return f"optuna storage {url.split('@')[-1]}: reachable"
+    return f"optuna storage {_without_password(url)}: reachable"
+
+
+def _without_password(url: str) -> str:
+    """``url`` fit for messages and logs: a password in it is masked."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def check_ray(spec: StudySpec) -> str:

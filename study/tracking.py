@@ -2,9 +2,10 @@
 
 - one experiment per study (named like the study);
 - one parent run per cell (tags: study, cell, dataset, model, ordering), finished at the end;
-- one child run per Ray trial (``mlflow.parentRunId``), with tags, the resolved TrialConfig as
-  params, every evaluation point as metrics with ``step = samples seen``, the run summary, and
-  the per-replicate curves and config as artifacts.
+- one child run per Ray trial (``mlflow.parentRunId``), with tags (also where it ran: Ray node,
+  host, device; see :data:`PLACEMENT_TAGS`), the resolved TrialConfig as params, every
+  evaluation point as metrics with ``step = samples seen``, the run summary, and the
+  per-replicate curves and config as artifacts.
 
 Writes are batched (``log_batch``; an SQLite store fsyncs every request). Exactly one run per
 trial, also across ``study resume``: the trial id -> run id mapping is saved with Tune's
@@ -41,6 +42,14 @@ logger = logging.getLogger(__name__)
 MAX_METRICS, MAX_PARAMS, MAX_TAGS = 1000, 100, 100
 """MLflow's per-request caps of ``log_batch``."""
 MAX_PARAM_LENGTH = 6000
+PLACEMENT_TAGS = {
+    "node_id": "ray_node_id",
+    "node_ip": "ray_node_ip",
+    "hostname": "hostname",
+    "device": "device",
+    "device_name": "device_name",
+}
+"""Result keys telling where a trial ran (the trainable's and Tune's own) -> child run tag."""
 FLUSH_EVERY_S = 10.0
 """Seconds between flushes of buffered metrics while trials run (so the UI shows live curves)."""
 
@@ -99,12 +108,14 @@ class MlflowTracking(Callback):
         self._experiment_id = ""
         self._buffer: dict[str, list[Metric]] = {}
         self._logged_steps: dict[str, set[int]] = {}
+        self._placements: dict[str, dict[str, str]] = {}
+        """Ray trial id -> placement tags last written (written again only when they change)."""
         self._last_flush = time.monotonic()
 
     # -- pickling: Tune stores callbacks with the experiment; clients and buffers stay behind --
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_client=None, _buffer={}, _logged_steps={})
+        state.update(_client=None, _buffer={}, _logged_steps={}, _placements={})
         return state
 
     def get_state(self) -> dict[str, Any]:
@@ -166,6 +177,7 @@ class MlflowTracking(Callback):
         """Buffer the evaluation point's metrics at step = samples seen."""
         if trial.trial_id in self.closed:
             return
+        self._guard(trial, self._tag_placement, trial.trial_id, result)
         self._guard(trial, self._buffer_point, trial.trial_id, result)
 
     def on_step_end(self, iteration: int, trials: list[Trial], **info: Any) -> None:
@@ -264,6 +276,17 @@ class MlflowTracking(Callback):
         items = [Param(k, _param_value(v)) for k, v in sorted(params.items())]
         for start in range(0, len(items), MAX_PARAMS):
             self.client.log_batch(run.info.run_id, params=items[start : start + MAX_PARAMS])
+
+    def _tag_placement(self, trial_id: str, result: dict[str, Any]) -> None:
+        if trial_id not in self.runs:
+            return
+        tags = {tag: str(result[key]) for key, tag in PLACEMENT_TAGS.items() if key in result}
+        if tags and tags != self._placements.get(trial_id):
+            # A trial restarted on another node (worker failure) is re-tagged with the new one.
+            self.client.log_batch(
+                self.runs[trial_id], tags=[RunTag(k, v) for k, v in sorted(tags.items())]
+            )
+            self._placements[trial_id] = tags
 
     def _buffer_point(self, trial_id: str, result: dict[str, Any]) -> None:
         if "samples_seen" not in result or trial_id not in self.runs:

@@ -69,30 +69,58 @@ def start_ray(spec: StudySpec) -> bool:
     # Ray's own INFO lines would drown the progress display; trial errors still surface.
     quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
     if spec.ray_address is None:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
+        # "local": a new Ray on this machine even when RAY_ADDRESS names a cluster (the spec said
+        # local; the CLI has already turned RAY_ADDRESS into spec.ray_address where it applies).
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, **quiet)
     else:
-        ray.init(address=spec.ray_address, **quiet)
+        try:
+            ray.init(address=spec.ray_address, **quiet)
+        except ray.exceptions.AuthenticationError:
+            raise SpecError(
+                "ray_address",
+                spec.ray_address,
+                "a cluster accepting this process's token: set RAY_AUTH_MODE=token and "
+                "RAY_AUTH_TOKEN_PATH (or RAY_AUTH_TOKEN) to the cluster's token",
+            ) from None
+        except ConnectionError as error:
+            raise SpecError(
+                "ray_address", spec.ray_address, f"a running Ray head ({error})"
+            ) from None
     return True
 
 
 def check_cluster(spec: StudySpec) -> int:
-    """Check one trial fits the cluster; returns how many trials may run at once."""
+    """Check one trial fits a node of the cluster; returns how many trials may run at once.
+
+    Raises:
+        SpecError: no alive node has ``resources.cpu`` CPUs and ``resources.gpu`` GPUs at once.
+    """
     import ray
 
-    total = ray.cluster_resources()
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    max_cpu = max((n.get("CPU", 0) for n in nodes), default=0)
-    max_gpu = max((n.get("GPU", 0) for n in nodes), default=0)
-    if spec.resources.cpu > max_cpu:
-        raise SpecError("resources.cpu", spec.resources.cpu, f"at most {max_cpu} (largest node)")
-    if spec.resources.gpu > max_gpu:
-        raise SpecError("resources.gpu", spec.resources.gpu, f"at most {max_gpu} (largest node)")
-    fits = int(total.get("CPU", 0) // spec.resources.cpu)
-    if spec.resources.gpu > 0:
-        fits = min(fits, int(total.get("GPU", 0) // spec.resources.gpu))
+    need = {"CPU": spec.resources.cpu, "GPU": spec.resources.gpu}
+
+    def fits(node: dict[str, float]) -> bool:
+        return all(node.get(kind, 0) >= amount for kind, amount in need.items() if amount > 0)
+
+    if not any(fits(node) for node in nodes):
+        largest = ", ".join(f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes)
+        field = "resources.gpu" if spec.resources.gpu > 0 else "resources.cpu"
+        raise SpecError(
+            field,
+            getattr(spec.resources, field.split(".")[1]),
+            f"a per-trial request that fits one node (cpu={spec.resources.cpu:g}, "
+            f"gpu={spec.resources.gpu:g} asked; nodes: {largest or 'none alive'})",
+        )
+    # Trials are packed per node: a node's leftover fraction is no use to another node's trial.
+    at_once = sum(
+        min(int(node.get(kind, 0) // amount) for kind, amount in need.items() if amount > 0)
+        for node in nodes
+        if fits(node)
+    )
     if spec.max_concurrent_trials:
-        fits = min(fits, spec.max_concurrent_trials)
-    return max(fits, 1)
+        at_once = min(at_once, spec.max_concurrent_trials)
+    return max(at_once, 1)
 
 
 def trainable(spec: StudySpec) -> Any:
@@ -196,6 +224,10 @@ def _run_config(spec: StudySpec, cells: list[Cell]) -> Any:
         callbacks=[MlflowTracking(spec, cells), ProgressReporter(spec, cells)],
         # Worker deaths: the trial restarts from its last checkpoint (same numbers, exact resume).
         failure_config=tune.FailureConfig(max_failures=2),
+        # Resume needs a trial's latest checkpoint only; Tune keeps every one by default, which
+        # on a cluster is 6 MB per checkpoint of a 784-392-10 trial with 5 replicates on the
+        # shared results volume (benchmarks/cluster_stores.py), every 30 s of training.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         verbose=0,
     )
 

@@ -9,10 +9,11 @@ Tune's config for a trial (built by the study's searcher) is::
 
 The trainable reports replicate means and CIs at every evaluation point, with ``progress``
 (samples seen / the trial's total samples: the time axis of the per-cell ASHA in
-``study.scheduler``). It checkpoints the engine state every ``CHECKPOINT_EVERY_S`` seconds and at
-the end, and resumes exactly from ``ray.tune.get_checkpoint()`` after a worker failure. The final
-checkpoint also holds ``curves.json`` (per-replicate curves) and ``history.json`` (the reported
-metrics of every evaluation point) for the driver to log as artifacts and metrics.
+``study.scheduler``) and where it ran (``node_id``: the Ray node; ``device``: cpu or cuda). It
+checkpoints the engine state every ``CHECKPOINT_EVERY_S`` seconds and at the end, and resumes
+exactly from ``ray.tune.get_checkpoint()`` after a worker failure. The final checkpoint also
+holds ``curves.json`` (per-replicate curves) and ``history.json`` (the reported metrics of every
+evaluation point) for the driver to log as artifacts and metrics.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import ray
 import torch
 from ray import tune
 
@@ -96,6 +98,7 @@ def train(config: dict[str, Any], objective: str = "test_loss_auc") -> None:
     # trial on a shared machine only contend (per-sample steps are far too small to split).
     torch.set_num_threads(1)
     run = TrialRun(trial_config(config))
+    placement = placement_of(run)
     history: list[dict[str, float]] = []
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -118,6 +121,7 @@ def train(config: dict[str, Any], objective: str = "test_loss_auc") -> None:
             "final": 0,
             "diverged": int(point.diverged),
             "progress": point.samples_seen / run.total_samples,
+            **placement,
         }
         is_last = point.diverged or point.index == len(run.eval_points) - 1
         if is_last:
@@ -133,6 +137,18 @@ def train(config: dict[str, Any], objective: str = "test_loss_auc") -> None:
             last_checkpoint = time.monotonic()
         else:
             tune.report(report)
+
+
+def placement_of(run: TrialRun) -> dict[str, str]:
+    """Where this trial runs: its Ray node and the engine's device (``cpu``, ``cuda``).
+
+    Reported with every result, so a trial restarted on another node after a failure is tagged
+    with the node that finished it.
+    """
+    placement = {"node_id": ray.get_runtime_context().get_node_id(), "device": run.device.type}
+    if run.device.type == "cuda":
+        placement["device_name"] = torch.cuda.get_device_name(run.device)
+    return placement
 
 
 def _point_metrics(point: EvalPoint) -> dict[str, float]:
