@@ -132,9 +132,11 @@ def _check(args: argparse.Namespace) -> int:
     for line in preflight(spec):
         print(f"ok  {line}")
     cells = expand(spec)
+    single = sum(cell.budget < spec.trials_per_cell for cell in cells)
+    note = f" ({single} cells with nothing to search run 1)" if single else ""
     print(
-        f"ok  {len(cells)} cells x {spec.trials_per_cell} trials = "
-        f"{len(cells) * spec.trials_per_cell} trials, objective {spec.objective} "
+        f"ok  {len(cells)} cells x {spec.trials_per_cell} trials{note} = "
+        f"{sum(cell.budget for cell in cells)} trials, objective {spec.objective} "
         f"({spec.direction})"
     )
     return 0

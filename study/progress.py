@@ -96,7 +96,7 @@ def summarize(
 ) -> list[CellSummary]:
     """Per cell: counts, the paper setting's objective and the best objective, with CIs."""
     rows = {
-        c.key: CellSummary(c.key, c.dataset_label, c.model, c.ordering, spec.trials_per_cell)
+        c.key: CellSummary(c.key, c.dataset_label, c.model, c.ordering, c.budget)
         for c in cells
     }
     sign = 1.0 if spec.direction == "min" else -1.0
@@ -191,10 +191,10 @@ class ProgressReporter(Callback):
     """Ray Tune callback printing per-cell progress and an overall time estimate."""
 
     def __init__(self, spec: StudySpec, cells: list[Cell], stream: TextIO | None = None) -> None:
-        self.budget = spec.trials_per_cell
+        self.budgets = {c.key: c.budget for c in cells}
         self.direction = spec.direction
         self.cell_keys = [c.key for c in cells]
-        self.total = len(cells) * spec.trials_per_cell
+        self.total = sum(self.budgets.values())
         self._stream = stream
         self._started = time.monotonic()
         self._last_line = 0.0
@@ -247,7 +247,7 @@ class ProgressReporter(Callback):
                 if t.last_result.get("final") == 1 and not t.last_result.get("diverged")
             ]
             best = (min if self.direction == "min" else max)(values) if values else None
-            text += f" {key}: {len(cell_trials)}/{self.budget} done"
+            text += f" {key}: {len(cell_trials)}/{self.budgets.get(key, 0)} done"
             text += f", best objective {best:.4f}" if best is not None else ", no result yet"
         else:
             running = sum(t.status == "RUNNING" for t in trials)

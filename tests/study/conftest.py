@@ -8,12 +8,28 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 VENV_BIN = Path(sys.executable).parent
+REAL_DATA = Path(
+    os.environ.get("STUDY_DATA_DIR") or Path(__file__).resolve().parents[2].parent / "shared/data"
+)
+"""Real MNIST / Fashion-MNIST IDX files: $STUDY_DATA_DIR, else the checkout's ../shared/data."""
+
+
+@pytest.fixture
+def real_data() -> Callable[[str], Path]:
+    """``real_data(name)``: REAL_DATA, or skip the test when it lacks data set ``name``."""
+
+    def find(name: str) -> Path:
+        if not (REAL_DATA / name).is_dir():
+            pytest.skip(f"no {name} IDX files in {REAL_DATA} (set STUDY_DATA_DIR)")
+        return REAL_DATA
+
+    return find
 
 
 def free_port() -> int:
