@@ -151,13 +151,19 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from study.results import SUMMARY_TAG
     from study.tracking import connect
 
     uri = args.tracking_uri or default_tracking_uri()
     client = connect(uri)
     rows: list[tuple[str, ...]] = []
     for experiment in client.search_experiments(filter_string="tags.study != ''"):
-        runs = _all_runs(client, experiment.experiment_id)
+        # The summary run holds the report, not a trial: it never makes a study "running".
+        runs = [
+            r
+            for r in _all_runs(client, experiment.experiment_id)
+            if r.data.tags.get(SUMMARY_TAG) != "true"
+        ]
         cells = [r for r in runs if r.data.tags.get("role") == "cell"]
         trials = [r for r in runs if r.data.tags.get("role") == "trial"]
         counts = {s: sum(r.info.status == s for r in trials) for s in ("FINISHED", "FAILED")}
@@ -201,9 +207,11 @@ def _report(args: argparse.Namespace) -> int:
 
     report = build_report(args.name, args.tracking_uri, args.out, args.optuna_storage)
     held = [c for c in report.payload["claims"] if c["headline"]]
+    width = max((len(row["setting"]) for row in held), default=0)
     for row in held:
         part = f"{row['claim']}{row['part']}"
-        print(f"claim {part:3s} {row['setting']:24s} {row['verdict']}")
+        effect = f" ({row['effect']:+.3g})" if row["effect"] is not None else ""
+        print(f"claim {part:3s} {row['setting']:{width}s} {row['verdict']}{effect}")
     print(f"study: report written to {report.markdown}", file=sys.stderr)
     return 0
 
