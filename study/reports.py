@@ -528,7 +528,7 @@ def _playbook_figures(
                         best=trial is cell.best,
                     )
                 )
-    models = sorted({c.model for c in cells}, key=model_key)
+    models = sorted({p.model for p in points}, key=model_key)  # models that searched something
     params = sorted(
         {p.param for p in points},
         key=lambda n: (PARAM_ORDER.index(n) if n in PARAM_ORDER else len(PARAM_ORDER), n),

@@ -474,6 +474,16 @@ class StudySpec:
                         list(variant.datasets),
                         f"names or labels of the study's data sets: {', '.join(known)}",
                     )
+        for position, (label, dataset) in enumerate(
+            zip(self.dataset_labels(), self.datasets, strict=True)
+        ):
+            if self.variants and not any(v.applies_to(dataset, label) for v in self.variants):
+                raise SpecError(
+                    f"datasets[{position}]",
+                    label,
+                    "a data set some variant applies to (every variant names other data "
+                    "sets): add a variant without `datasets`, or drop the data set",
+                )
         _check_int("replicates", self.replicates, 1)
         _check_int("epochs", self.epochs, 1)
         _check_int("eval_every", self.eval_every, 1)
@@ -554,8 +564,6 @@ class StudySpec:
             zip(self.dataset_labels(), self.dataset_configs(), strict=True)
         ):
             variants = [v for v in self.variants if v.applies_to(dataset, label)]
-            if self.variants and not variants:
-                continue  # no variant covers this data set: it has no cells
             for variant in variants:
                 _check_dataset_fields(variant, dataset, label)
             for model in self.models:

@@ -81,7 +81,7 @@ def test_robustness_preset_varies_one_factor_at_a_time_from_the_paper_setting() 
     assert spec.network.gradient == "leak-scaled" and spec.network.learning_rate == 0.01
     overrides = {v.name: v.overrides() for v in spec.variants}
     assert overrides.pop("baseline") == {}
-    streamed = {"test_protocol": "streamed", "test_ordering": "reps-1"}
+    streamed = {"test_protocol": "streamed", "test_ordering": "random"}
     assert overrides.pop("test-streamed") == streamed, "one factor: the test protocol"
     assert all(len(changed) == 1 for changed in overrides.values()), overrides
     changed = collections.defaultdict(set)

@@ -429,6 +429,14 @@ def test_bad_variant_restrictions_give_one_message() -> None:
         (["variants=[{name='a', learning_rate=0.1, search_space={leaky='leaky'}}]"],
          "variants.a.search_space.leaky", "fixes (variants.a.learning_rate)"),
         (["variants=[{name='a', datasets=3}]"], "variants.a.datasets", "a list"),
+        (
+            [
+                "datasets=[{name='synthetic-categories'}, {name='mnist'}]",
+                "variants=[{name='a', datasets=['synthetic-categories']}]",
+            ],
+            "datasets[1]",
+            "some variant applies to",
+        ),
     ]
     for overrides, field_name, allowed in cases:
         with pytest.raises(SpecError) as caught:
