@@ -623,39 +623,29 @@ def test_a_bad_study_name_or_store_creates_nothing(
     assert list(tmp_path.iterdir()) == [], "no reports/, out/ or store folder left behind"
 
 
-def test_the_summary_run_artifacts_match_the_latest_report(
-    variant_store: dict, tmp_path: Path
+def test_a_later_report_fixes_an_interrupted_summary_run_and_drops_stale_artifacts(
+    variant_store: dict, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     client = MlflowClient(variant_store["uri"])
     run_id = variant_store["report"].summary_run_id
-    # an earlier report's figure that this report no longer draws, and a stray file
+    # as a report killed while logging leaves it: RUNNING, with an earlier report's figure
+    # that this report no longer draws, and a stray file
+    client.update_run(run_id, status="RUNNING")
     stale = tmp_path / "curves_paper_gone.png"
     stale.write_bytes(b"not a current figure")
     client.log_artifact(run_id, str(stale), "figures")
     client.log_text(run_id, "old", "notes.txt")
-    out = tmp_path / "again"
-    report = build_report(VARIANT_STUDY, variant_store["uri"], out)
+    # the summary run is not a trial: the study still lists as complete
+    assert main(["list", "--tracking-uri", variant_store["uri"]]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith(VARIANT_STUDY)]
+    assert line.endswith("complete") and "24 trials" in line, line
+    report = build_report(VARIANT_STUDY, variant_store["uri"], tmp_path / "again")
     assert report.summary_run_id == run_id
     logged = set()
     for entry in client.list_artifacts(run_id):
         paths = client.list_artifacts(run_id, entry.path) if entry.is_dir else [entry]
         logged |= {p.path for p in paths}
-    expected = {"report.md", "report.json", *report.payload["figures"]}
-    assert logged == expected
-    assert client.get_run(run_id).info.status == "FINISHED"
-
-
-def test_an_interrupted_report_does_not_make_the_study_look_interrupted(
-    variant_store: dict, capsys: pytest.CaptureFixture
-) -> None:
-    client = MlflowClient(variant_store["uri"])
-    run_id = variant_store["report"].summary_run_id
-    client.update_run(run_id, status="RUNNING")  # as a report killed while logging leaves it
-    assert main(["list", "--tracking-uri", variant_store["uri"]]) == 0
-    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith(VARIANT_STUDY)]
-    assert line.endswith("complete") and "24 trials" in line, line
-    report = build_report(VARIANT_STUDY, variant_store["uri"], variant_store["root"] / "out")
-    assert report.summary_run_id == run_id
+    assert logged == {"report.md", "report.json", *report.payload["figures"]}
     assert client.get_run(run_id).info.status == "FINISHED"
 
 
