@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -47,6 +48,8 @@ __all__ = [
     "apply_params",
     "default_space",
     "feedforward",
+    "field_of",
+    "fixed_space",
     "inline_space",
     "leaky",
     "leaky_threshold",
@@ -55,6 +58,7 @@ __all__ = [
     "paper_setting",
     "params_of",
     "point_config",
+    "probe",
     "role",
 ]
 
@@ -220,6 +224,38 @@ def params_of(config: TrialConfig, names: tuple[str, ...] | list[str]) -> dict[s
     return out
 
 
+def field_of(name: str) -> str:
+    """The TrialConfig field a searchable parameter sets (``leak_group<g>`` -> ``group_leaks``)."""
+    return "group_leaks" if GROUP_LEAK.match(name) else name
+
+
+def probe(space: Space) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The distributions ``space`` searches, from one ask on a scratch study ({} = none)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
+        space(trial)
+    return dict(trial.distributions)
+
+
+def fixed_space(space: Space, fixed: Mapping[str, Any]) -> Space:
+    """``space`` with the parameters named in ``fixed`` held at their values, not searched.
+
+    The space still runs (define-by-run code may branch on a value) but its ``suggest_*`` call
+    for a fixed name returns the fixed value without recording a parameter, so the Optuna study
+    never searches it and the trial's config keeps the value it already holds.
+
+    >>> study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    >>> trial = study.ask()
+    >>> fixed_space(leaky, {"learning_rate": 0.1})(trial) is None
+    True
+    >>> sorted(trial.params)
+    ['leak']
+    """
+    return _FixedSpace(space, dict(fixed)) if fixed else space
+
+
 # ---------------------------------------------------------------------------------------------
 # Spaces written in a spec
 # ---------------------------------------------------------------------------------------------
@@ -295,3 +331,35 @@ class _InlineSpace:
 
     def __repr__(self) -> str:
         return f"inline_space({self.entries!r})"
+
+
+class _FixedSpace:
+    """Picklable ``fixed_space``: runs the space on a trial whose fixed names are answered."""
+
+    def __init__(self, space: Space, fixed: dict[str, Any]) -> None:
+        self.space = space
+        self.fixed = fixed
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any] | None:
+        return self.space(_HoldingTrial(trial, self.fixed))  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"fixed_space({self.space!r}, {self.fixed!r})"
+
+
+class _HoldingTrial:
+    """An Optuna trial whose ``suggest_*`` returns the fixed value for a fixed name."""
+
+    def __init__(self, trial: optuna.Trial, fixed: dict[str, Any]) -> None:
+        self._trial = trial
+        self._fixed = fixed
+
+    def __getattr__(self, attribute: str) -> Any:
+        found = getattr(self._trial, attribute)
+        if not attribute.startswith("suggest_"):
+            return found
+
+        def suggest(name: str, *args: Any, **kwargs: Any) -> Any:
+            return self._fixed[name] if name in self._fixed else found(name, *args, **kwargs)
+
+        return suggest

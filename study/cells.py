@@ -4,8 +4,9 @@ A cell is tuned on its own (own Optuna study, own budget), so conditions are com
 each at the paper's setting and at its best. All cells share one base seed, so the replicates of
 every cell see the same category permutations and item orders: comparisons are paired.
 
-Variants (the spec's ``[[variants]]``, named override sets) are the innermost factor; a study
-without variants has the plain ``<data set>/<model>/<ordering>`` keys.
+Variants (the spec's ``[[variants]]``, named override sets) are the innermost factor, crossed
+with the data sets each applies to; a study without variants has the plain
+``<data set>/<model>/<ordering>`` keys.
 
 Example:
     >>> from study.spec import load_spec
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from search_spaces import GROUP_LEAK, paper_setting, params_of
+from search_spaces import field_of, paper_setting
 from study.spec import StudySpec
 from trainables.config import DatasetConfig, TrialConfig
 
@@ -42,7 +43,9 @@ class Cell:
     variant: str | None = None
     """Name of the spec variant this cell belongs to (None: the spec has no variants)."""
     pinned: tuple[str, ...] = ()
-    """TrialConfig fields the variant sets; they replace the paper's values in the first trial."""
+    """TrialConfig fields the variant sets; searchable ones are fixed in every trial (base)."""
+    budget: int = 1
+    """Trials the cell runs (``trials_per_cell``; 1 when its search space is empty)."""
 
     @property
     def key(self) -> str:
@@ -68,21 +71,26 @@ class Cell:
         return self.base.dataset
 
     def paper_params(self) -> dict[str, float]:
-        """The cell's first point: the paper's values of its model, except that a value the
-        cell's variant pins (e.g. its learning rate) is taken from the variant."""
-        setting = paper_setting(self.model)
-        pinned = [
-            name
-            for name in setting
-            if ("group_leaks" if GROUP_LEAK.match(name) else name) in self.pinned
-        ]
-        setting.update(params_of(self.base, pinned))
-        return setting
+        """The cell's first point: the paper's values of its model, except those the cell's
+        variant fixes (e.g. its learning rate): the base config holds them for every trial."""
+        return {
+            name: value
+            for name, value in paper_setting(self.model).items()
+            if field_of(name) not in self.pinned
+        }
 
 
 def expand(spec: StudySpec) -> list[Cell]:
     """The cells of ``spec``: data set-major, then model, ordering, variant (the spec's orders)."""
     return [
-        Cell(index, spec.name, design.dataset_label, design.config, design.variant, design.pinned)
+        Cell(
+            index,
+            spec.name,
+            design.dataset_label,
+            design.config,
+            design.variant,
+            design.pinned,
+            design.budget,
+        )
         for index, design in enumerate(spec.design())
     ]

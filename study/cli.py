@@ -178,9 +178,11 @@ def _check(args: argparse.Namespace) -> int:
     if spec.ray_address is not None:
         print(f"ok  {_cluster_fit(spec)}")
     cells = expand(spec)
+    single = sum(cell.budget < spec.trials_per_cell for cell in cells)
+    note = f" ({single} cells with nothing to search run 1)" if single else ""
     print(
-        f"ok  {len(cells)} cells x {spec.trials_per_cell} trials = "
-        f"{len(cells) * spec.trials_per_cell} trials, objective {spec.objective} "
+        f"ok  {len(cells)} cells x {spec.trials_per_cell} trials{note} = "
+        f"{sum(cell.budget for cell in cells)} trials, objective {spec.objective} "
         f"({spec.direction})"
     )
     return 0
@@ -212,13 +214,19 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from study.results import SUMMARY_TAG
     from study.tracking import connect
 
     uri = from_env(args.tracking_uri, "tracking_uri") or default_tracking_uri()
     client = connect(uri)
     rows: list[tuple[str, ...]] = []
     for experiment in client.search_experiments(filter_string="tags.study != ''"):
-        runs = _all_runs(client, experiment.experiment_id)
+        # The summary run holds the report, not a trial: it never makes a study "running".
+        runs = [
+            r
+            for r in _all_runs(client, experiment.experiment_id)
+            if r.data.tags.get(SUMMARY_TAG) != "true"
+        ]
         cells = [r for r in runs if r.data.tags.get("role") == "cell"]
         trials = [r for r in runs if r.data.tags.get("role") == "trial"]
         counts = {s: sum(r.info.status == s for r in trials) for s in ("FINISHED", "FAILED")}
@@ -283,9 +291,11 @@ def _report(args: argparse.Namespace) -> int:
         from_env(args.optuna_storage, "optuna_storage"),
     )
     held = [c for c in report.payload["claims"] if c["headline"]]
+    width = max((len(row["setting"]) for row in held), default=0)
     for row in held:
         part = f"{row['claim']}{row['part']}"
-        print(f"claim {part:3s} {row['setting']:24s} {row['verdict']}")
+        effect = f" ({row['effect']:+.3g})" if row["effect"] is not None else ""
+        print(f"claim {part:3s} {row['setting']:{width}s} {row['verdict']}{effect}")
     print(f"study: report written to {report.markdown}", file=sys.stderr)
     return 0
 

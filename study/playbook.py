@@ -6,8 +6,9 @@ the MLflow child runs, or on the cell's study in an Optuna storage); whether the
 near a search bound (in log space for log-scaled parameters: widen the range if so); and the
 spread across seeds (replicates of the best trial) beside the spread across configurations.
 
-Search bounds come from the spec logged with the study: each model's named space from
-``search_spaces`` or its inline table, probed once on a scratch Optuna trial.
+Search bounds come from the spec logged with the study: each cell's space (its model's named
+space or inline table, or its variant's, without the values the variant fixes), probed once on
+a scratch Optuna trial.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 
-from search_spaces import ROLES, SPACES, inline_space
+from search_spaces import ROLES, SPACES, probe
 from study.results import CellRecord, StudyResults
+from study.spec import StudySpec
 from trainables.tune_adapter import DIVERGED_PENALTY
 
 NEAR_BOUND = 0.05
@@ -54,27 +56,19 @@ class CellCheck:
     """SD of the objective over the cell's feasible trials (configuration variance)."""
 
 
-def search_distributions(spec: dict[str, Any] | None, model: str) -> dict[str, BaseDistribution]:
-    """The distributions the study searched for ``model`` ({} when unknown).
+def search_distributions(
+    spec: StudySpec | None, model: str, variant: str | None = None
+) -> dict[str, BaseDistribution]:
+    """The distributions the study searched for ``model`` in ``variant``'s cells ({} = none).
 
-    Reads the spec's ``search_space`` entry for the model (a space name or an inline table),
-    else the model's default named space. (Variants override network fields, not spaces.)
+    The spec's own space for the cell (``StudySpec.space_for``: the variant's or the study's
+    entry, without the values the variant fixes); without a spec, the model's default space.
     """
-    spaces = dict((spec or {}).get("search_space") or {})
-    entry = spaces.get(model, model)
     try:
-        space = SPACES[entry] if isinstance(entry, str) else inline_space(entry)
-    except (KeyError, ValueError, TypeError):
+        space = spec.space_for(model, variant) if spec is not None else SPACES[model]
+        return probe(space)
+    except Exception:  # an unknown model or a space that fails on a scratch trial
         return {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        probe = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
-        try:
-            space(probe)
-        except Exception:
-            return {}
-    return dict(probe.distributions)
 
 
 def bound_position(value: float, distribution: BaseDistribution) -> float | None:
@@ -111,7 +105,7 @@ def check_cell(
         diverged=cell.diverged,
         pruned=cell.count("pruned"),
         running=cell.count("running"),
-        budget=study.budget,
+        budget=study.cell_budget(cell.key),
         infeasible_fraction=cell.diverged / finished if finished else None,
     )
     check.importance, check.importance_note = importance(

@@ -95,7 +95,7 @@ def summarize(
 ) -> list[CellSummary]:
     """Per cell: counts, the paper setting's objective and the best objective, with CIs."""
     rows = {
-        c.key: CellSummary(c.key, c.dataset_label, c.model, c.ordering, spec.trials_per_cell)
+        c.key: CellSummary(c.key, c.dataset_label, c.model, c.ordering, c.budget)
         for c in cells
     }
     sign = 1.0 if spec.direction == "min" else -1.0
@@ -236,11 +236,11 @@ class ProgressReporter(Callback):
     HEARTBEAT_S = 60.0
 
     def __init__(self, spec: StudySpec, cells: list[Cell], stream: TextIO | None = None) -> None:
-        self.budget = spec.trials_per_cell
+        self.budgets = {c.key: c.budget for c in cells}
         self.objective = spec.objective
         self.direction = spec.direction
         self.cell_keys = [c.key for c in cells]
-        self.total = len(cells) * spec.trials_per_cell
+        self.total = sum(self.budgets.values())
         self._stream = stream
         self._started = time.monotonic()
         self._last_draw = -math.inf
@@ -308,7 +308,7 @@ class ProgressReporter(Callback):
     # -- what is shown -----------------------------------------------------------------------
     def cells(self, trials: list[Trial]) -> list[CellProgress]:
         """Per-cell counts and best objective (diverged trials never count as best)."""
-        rows = {key: CellProgress(key, self.budget) for key in self.cell_keys}
+        rows = {key: CellProgress(key, self.budgets[key]) for key in self.cell_keys}
         sign = 1.0 if self.direction == "min" else -1.0
         for trial in trials:
             row = rows.get((trial.config or {}).get("cell"))

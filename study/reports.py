@@ -3,11 +3,13 @@
 :func:`build_report` reads a finished or partly finished study (``study.results``), and writes to
 an output folder ``report.md``, ``report.json`` and PNG figures (``figures/``); the same files are
 logged as artifacts of the study's one summary run (tag ``study_summary=true``; a later report
-updates that run instead of adding another). Contents, conclusions first:
+updates that run instead of adding another, and its artifacts are then exactly the new report's).
+A bad study name or store fails before any file is written. Contents, conclusions first:
 
 - the claims check (``study.claims``): each claim's seed-paired effect, 95% CI and verdict at the
-  paper setting and at each cell's tuned setting, per data set / variant; a claims matrix when
-  the study has several settings;
+  paper setting and at each cell's tuned setting, per setting (data set, or data set and
+  variant, labelled with what the variant overrides); when the study has several settings, it
+  ends with a claims matrix (claims x settings, a verdict and effect size in each entry);
 - per cell: paper-setting and tuned results (objective mean and 95% CI over replicates, from the
   stored per-replicate values), best hyperparameters, trials finished / failed / diverged;
 - seed-paired comparisons between conditions (each ordering against random, each model against
@@ -20,6 +22,7 @@ updates that run instead of adding another). Contents, conclusions first:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import math
@@ -93,17 +96,20 @@ def build_report(
         The paths written and the JSON payload.
 
     Raises:
-        SpecError: the store has no study of that name.
+        SpecError: the store has no study of that name (or there is no store at a SQLite
+            path); no file or folder is written then.
     """
     uri = tracking_uri or default_tracking_uri()
+    # Reading the study validates the name and the store: nothing is created before that.
+    study = load_study(name, uri, top_k=TOP_K)
     folder = Path(out) if out is not None else default_out(name)
     figure_dir = folder / "figures"
     figure_dir.mkdir(parents=True, exist_ok=True)
     for stale in figure_dir.glob("*.png"):
         stale.unlink()
-    study = load_study(name, uri, top_k=TOP_K)
     distributions = {
-        cell.key: search_distributions(study.spec, cell.model) for cell in study.cells
+        cell.key: search_distributions(study.study_spec, cell.model, cell.variant)
+        for cell in study.cells
     }
     cell_rows = [cell_result(study, cell) for cell in study.cells]
     claim_rows = claims_for(study)
@@ -120,7 +126,7 @@ def build_report(
         "generated_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "objective": study.objective,
         "direction": study.direction,
-        "settings": study.groups,
+        "settings": settings_for(study),
         "trials": _trial_counts(study),
         "cells": cell_rows,
         "claims": [row.to_json() for row in claim_rows],
@@ -204,7 +210,7 @@ def cell_result(study: StudyResults, cell: CellRecord) -> dict[str, Any]:
         "model": cell.model,
         "ordering": cell.ordering,
         "trials": {
-            "budget": study.budget,
+            "budget": study.cell_budget(cell.key),
             "finished": cell.count("finished"),
             "failed": cell.count("failed"),
             "diverged": cell.diverged,
@@ -230,10 +236,12 @@ def condition(trial: TrialRecord | None) -> Condition:
 
 def conditions_for(cells: list[CellRecord], basis: str) -> dict[tuple[str, str], Condition]:
     """(model, ordering) -> condition for the cells of one setting on ``basis``."""
-    return {
-        (cell.model, cell.ordering): condition(cell.paper if basis == "paper" else cell.best)
-        for cell in cells
-    }
+    out = {}
+    for cell in cells:
+        found = condition(cell.paper if basis == "paper" else cell.best)
+        task = str(cell.config.get("task") or "classify")
+        out[(cell.model, cell.ordering)] = dataclasses.replace(found, task=task)
+    return out
 
 
 def streamed_test_ordering(cells: list[CellRecord]) -> str | None:
@@ -251,8 +259,11 @@ def claims_for(study: StudyResults) -> list[ClaimRow]:
     several = len(study.groups) > 1
     for group in study.groups:
         cells = study.cells_in(group)
+        varied = study.overrides(group)
         for basis in BASES:
             setting = f"{basis}: {group}" if several else basis
+            if varied is not None:
+                setting += f" ({varied_text(varied)})"
             rows += evaluate(
                 conditions_for(cells, basis),
                 study.objective,
@@ -260,8 +271,42 @@ def claims_for(study: StudyResults) -> list[ClaimRow]:
                 group,
                 setting,
                 streamed_test_ordering(cells),
+                varied,
             )
     return rows
+
+
+def settings_for(study: StudyResults) -> list[dict[str, Any]]:
+    """Each setting of the study: its label, data set, variant and what the variant overrides
+    (``varied``: field -> value, {} for a variant without overrides, None without a variant)."""
+    out = []
+    for group in study.groups:
+        cell = study.cells_in(group)[0]
+        varied = study.overrides(group)
+        out.append(
+            {
+                "setting": group,
+                "dataset": cell.dataset,
+                "variant": cell.variant,
+                "varied": varied,
+                "label": varied_text(varied) if varied is not None else cell.dataset,
+            }
+        )
+    return out
+
+
+def varied_text(varied: dict[str, Any]) -> str:
+    """``gradient=leak-unscaled, hidden=[16, 16]``; 'no overrides' for a baseline.
+
+    >>> varied_text({"gradient": "leak-unscaled", "hidden": [16, 16]})
+    'gradient=leak-unscaled, hidden=[16, 16]'
+    """
+    if not varied:
+        return "no overrides"
+    return ", ".join(
+        f"{k}={v}" if not isinstance(v, dict) else f"{k}={json.dumps(v, sort_keys=True)}"
+        for k, v in varied.items()
+    )
 
 
 def comparisons_for(study: StudyResults) -> list[dict[str, Any]]:
@@ -306,7 +351,13 @@ def comparisons_for(study: StudyResults) -> list[dict[str, Any]]:
 def claims_matrix(rows: list[ClaimRow]) -> dict[str, Any]:
     """Headline verdicts as a matrix: claims x settings, per basis (``report.json``)."""
     settings = list(dict.fromkeys(r.group for r in rows))
-    matrix: dict[str, Any] = {"settings": settings, "claims": list(CLAIMS), "cells": {}}
+    varied = {r.group: r.varied for r in rows}
+    matrix: dict[str, Any] = {
+        "settings": settings,
+        "varied": varied,
+        "claims": list(CLAIMS),
+        "cells": {},
+    }
     for basis in BASES:
         table: dict[str, dict[str, Any]] = {}
         for claim in CLAIMS:
@@ -477,7 +528,7 @@ def _playbook_figures(
                         best=trial is cell.best,
                     )
                 )
-    models = sorted({c.model for c in cells}, key=model_key)
+    models = sorted({p.model for p in points}, key=model_key)  # models that searched something
     params = sorted(
         {p.param for p in points},
         key=lambda n: (PARAM_ORDER.index(n) if n in PARAM_ORDER else len(PARAM_ORDER), n),
@@ -680,41 +731,86 @@ def markdown(
             lines += [f"![{path.stem}]({path.relative_to(folder)})", ""]
     matrix = payload["claims_matrix"]
     if matrix:
-        lines += ["## Claims matrix", "", "Headline verdict and effect per claim and setting.", ""]
-        for basis in BASES:
-            table = matrix["cells"][basis]
+        lines += _matrix_markdown(matrix, payload["settings"])
+    return "\n".join(lines)
+
+
+def _matrix_markdown(matrix: dict[str, Any], settings: list[dict[str, Any]]) -> list[str]:
+    """The claims matrix as Markdown: per basis, one table per data set when the settings are
+    variants (columns = variants, with a legend of what each overrides), else one table."""
+    by_dataset: dict[str, list[dict[str, Any]]] = {}
+    for entry in settings:
+        key = entry["dataset"] if entry["variant"] else ""
+        by_dataset.setdefault(key, []).append(entry)
+    lines = [
+        "## Claims matrix",
+        "",
+        "Headline verdict per claim (rows) and setting (columns), with its effect size "
+        "(positive = in the claimed direction; the claims check above has the CIs).",
+        "",
+    ]
+    variants = {e["variant"]: e["label"] for e in settings if e["variant"]}
+    if variants:
+        lines += ["Settings (one change each from the baseline):", ""]
+        lines += [f"- `{name}`: {label}" for name, label in variants.items()]
+        lines.append("")
+    for basis in BASES:
+        table = matrix["cells"][basis]
+        for dataset, entries in by_dataset.items():
+            title = _basis_words(basis).capitalize() + (f", {dataset}" if dataset else "")
+            header = [e["variant"] or e["setting"] for e in entries]
             lines += [
-                f"{_basis_words(basis).capitalize()}:",
+                f"{title}:",
                 "",
                 _table(
-                    ["claim", *matrix["settings"]],
+                    ["claim", *header],
                     [
                         [
                             f"{k} {CLAIMS[k]}",
-                            *[_matrix_cell(table[k][s]) for s in matrix["settings"]],
+                            *[_matrix_cell(table[k][e["setting"]]) for e in entries],
                         ]
                         for k in matrix["claims"]
                     ],
                 ),
                 "",
             ]
-    return "\n".join(lines)
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
 # The summary run
 # ---------------------------------------------------------------------------------------------
 def log_summary_run(study: StudyResults, folder: Path, files: list[Path], figure_dir: Path) -> str:
-    """Log the report to the study's summary run (created once, updated by later reports)."""
+    """Log the report to the study's summary run (created once, updated by later reports).
+
+    The run's artifacts end up exactly the report's files: artifacts of an earlier report that
+    this one no longer has (a figure of a removed setting) are deleted. Where the artifact
+    store cannot delete, the report moves to a fresh summary run and the old one is deleted.
+    An existing summary run is never set back to RUNNING, and a new one is terminated in a
+    ``finally``, so an interrupted report leaves no run that looks like an interrupted study.
+
+    Returns:
+        The summary run's id.
+    """
     from study.tracking import connect
 
     client = connect(study.tracking_uri)
-    tags = {"study": study.name, "role": "summary", SUMMARY_TAG: "true"}
+    wanted = {path.name for path in files}
+    wanted |= {f"figures/{path.name}" for path in figure_dir.glob("*.png")}
     run_id = study.summary_run_id
+    if run_id is not None:
+        stale = _artifact_paths(client, run_id) - wanted
+        if stale:
+            repository = _artifact_repository(client, run_id)
+            for path in sorted(stale):
+                repository.delete_artifacts(path)
+        if _artifact_paths(client, run_id) & stale:  # this artifact store cannot delete
+            client.delete_run(run_id)
+            run_id = None
     if run_id is None:
+        tags = {"study": study.name, "role": "summary", SUMMARY_TAG: "true"}
         run_id = client.create_run(study.experiment_id, tags=tags, run_name="report").info.run_id
-    else:
-        client.update_run(run_id, status="RUNNING")
+    status = "FAILED"
     try:
         for path in files:
             client.log_artifact(run_id, str(path))
@@ -722,11 +818,30 @@ def log_summary_run(study: StudyResults, folder: Path, files: list[Path], figure
             client.log_artifacts(run_id, str(figure_dir), "figures")
         stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         client.set_tag(run_id, "report_generated", stamp)
-        client.set_terminated(run_id, "FINISHED")
-    except Exception:
-        client.set_terminated(run_id, "FAILED")
-        raise
+        status = "FINISHED"
+    finally:
+        # Also for an existing run: FINISHED again after a successful update, FAILED if not.
+        client.set_terminated(run_id, status)
     return run_id
+
+
+def _artifact_paths(client: Any, run_id: str, folder: str | None = None) -> set[str]:
+    """Every artifact file of a run, as paths relative to its artifact root."""
+    found: set[str] = set()
+    for entry in client.list_artifacts(run_id, folder):
+        if entry.is_dir:
+            found |= _artifact_paths(client, run_id, entry.path)
+        else:
+            found.add(entry.path)
+    return found
+
+
+def _artifact_repository(client: Any, run_id: str) -> Any:
+    """The artifact repository of a run (local folder, proxied server, object store...)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    root = client.get_run(run_id).info.artifact_uri
+    return get_artifact_repository(root, tracking_uri=client.tracking_uri)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ Only the curves the report needs are downloaded: each cell's paper-setting trial
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -26,7 +27,8 @@ from typing import Any
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from study.spec import SpecError
+from study.cells import Cell, expand
+from study.spec import SpecError, StudySpec, VariantSpec
 from study.tracking import connect
 from trainables.config import MODELS
 from trainables.metrics import LATENT_OBJECTIVES, OBJECTIVES
@@ -155,7 +157,7 @@ class CellRecord:
         return {}
 
 
-@dataclass
+@dataclass(eq=False)
 class StudyResults:
     """Everything a report needs of one study."""
 
@@ -190,6 +192,43 @@ class StudyResults:
         """Trials per cell the spec asked for, if known."""
         value = (self.spec or {}).get("trials_per_cell")
         return int(value) if isinstance(value, int) else None
+
+    @functools.cached_property
+    def study_spec(self) -> StudySpec | None:
+        """The logged spec as a StudySpec (None when missing or not valid for this code)."""
+        if self.spec is None:
+            return None
+        try:
+            return StudySpec.from_dict(self.spec)
+        except (SpecError, TypeError, ValueError, KeyError):
+            return None
+
+    @functools.cached_property
+    def design(self) -> dict[str, Cell]:
+        """Cell key -> the cell as the spec designed it ({} without a valid spec)."""
+        spec = self.study_spec
+        return {cell.key: cell for cell in expand(spec)} if spec is not None else {}
+
+    def cell_budget(self, key: str) -> int | None:
+        """Trials cell ``key`` was to run (1 for a cell with nothing to search), if known."""
+        found = self.design.get(key)
+        return found.budget if found is not None else self.budget
+
+    def overrides(self, group: str) -> dict[str, Any] | None:
+        """What setting ``group`` changes: its variant's overrides as flat ``field: value``
+        ({} for a variant without any, e.g. a baseline); None for a setting without a variant
+        or when the logged spec does not describe the variant."""
+        cells = self.cells_in(group)
+        name = cells[0].variant if cells else None
+        if name is None:
+            return None
+        for entry in (self.spec or {}).get("variants") or []:
+            if isinstance(entry, dict) and entry.get("name") == name:
+                try:
+                    return VariantSpec.from_dict(entry).overrides()
+                except (SpecError, TypeError):
+                    return None
+        return None
 
 
 def direction_of(metric: str) -> str:
@@ -242,10 +281,16 @@ def load_study(name: str, tracking_uri: str, top_k: int = 3) -> StudyResults:
         top_k: best trials per cell whose curves are downloaded (the paper trial is extra).
 
     Raises:
-        SpecError: no such study in the store (the message lists the studies there).
+        SpecError: no such study in the store (the message lists the studies there), or no
+            SQLite store at the path; nothing is created then.
     """
     # One progress bar per downloaded file would flood the terminal.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if tracking_uri.startswith("sqlite:///"):
+        # Connecting would create an empty store (and its folder) at a mistyped path.
+        database = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not database.is_file():
+            raise SpecError("tracking_uri", tracking_uri, "an existing MLflow store (no file)")
     client = connect(tracking_uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is None or experiment.lifecycle_stage != "active":
@@ -290,6 +335,10 @@ def load_study(name: str, tracking_uri: str, top_k: int = 3) -> StudyResults:
         ),
         summary_run_id=summary_run_id,
     )
+    # In the spec's design order (data set, model, ordering, variant as the spec lists them),
+    # so settings and the claims matrix follow the spec; cells the spec does not know go last.
+    order = {key: cell.index for key, cell in result.design.items()}
+    result.cells.sort(key=lambda c: order.get(c.key, len(order)))
     with tempfile.TemporaryDirectory() as scratch:
         for cell in result.cells:
             _rank(cell, result.direction)

@@ -45,7 +45,7 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
 
 
 class CellSearcher(Searcher):
-    """One Optuna study per cell; round-robin over cells with budget left.
+    """One Optuna study per cell; round-robin over cells with budget left (``Cell.budget``).
 
     Args:
         spec: the study spec (sampler, budget, seed, storage, objective).
@@ -55,9 +55,9 @@ class CellSearcher(Searcher):
     def __init__(self, spec: StudySpec, cells: list[Cell]) -> None:
         super().__init__(metric="objective", mode=spec.direction)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.budget = spec.trials_per_cell
+        self.budgets = {cell.key: cell.budget for cell in cells}
         self.cells = {cell.key: cell for cell in cells}
-        self.spaces = {cell.key: spec.space_for(cell.model) for cell in cells}
+        self.spaces = {cell.key: spec.space_for(cell.model, cell.variant) for cell in cells}
         self.paper_first = spec.paper_setting_first
         direction = "minimize" if spec.direction == "min" else "maximize"
         storage = _storage(spec.optuna_storage)
@@ -87,7 +87,7 @@ class CellSearcher(Searcher):
         keys = list(self.cells)
         for offset in range(len(keys)):
             key = keys[(self._next + offset) % len(keys)]
-            if self.asked[key] < self.budget:
+            if self.asked[key] < self.budgets[key]:
                 self._next = (self._next + offset + 1) % len(keys)
                 return self._ask(trial_id, key)
         return Searcher.FINISHED

@@ -42,7 +42,16 @@ from typing import Any, NamedTuple
 
 import optuna
 
-from search_spaces import SPACES, Space, inline_space, paper_setting, point_config
+from search_spaces import (
+    SPACES,
+    Space,
+    field_of,
+    fixed_space,
+    inline_space,
+    paper_setting,
+    point_config,
+    probe,
+)
 from trainables.config import (
     EVAL_SCHEDULES,
     MODELS,
@@ -206,20 +215,40 @@ NETWORK_FIELDS: tuple[str, ...] = tuple(
 
 @dataclass(frozen=True)
 class VariantSpec:
-    """A named set of overrides, crossed with every (data set, model, ordering) of the study.
+    """A named set of overrides: one setting of the study, crossed with its models and orderings.
 
-    Written ``[[variants]]`` in TOML: ``name``, any network field (``test_ordering = "reps-1"``,
-    ``gradient = "leak-unscaled"``, ``hidden = [16]``, ``learning_rate = 0.1``...) and an optional
-    ``dataset`` table applied to every data set (``dataset = {noise = 0.2}``). A variant's value
-    of a searched parameter also replaces the paper's value in the cell's first trial, so a
-    variant can move a cell's reference point (e.g. a learning-rate sweep at trials_per_cell=1).
+    Written ``[[variants]]`` in TOML, with
+
+    - ``name``;
+    - any network field (``gradient = "leak-unscaled"``, ``hidden = [16, 16]``,
+      ``learning_rate = 0.1``, ``test_ordering = "reps-1"``...);
+    - ``dataset``: DatasetConfig overrides (``dataset = {noise = 0.2}``);
+    - ``datasets``: the data sets (names or labels) the variant applies to; default: every one.
+      Each ``dataset`` override must be a field that every data set the variant applies to
+      uses (MNIST has no ``noise``: a noise variant must name the data sets that do);
+    - ``search_space``: per model, a space replacing the study's for the variant's cells (a
+      space name or an inline table, as in the study's ``search_space``).
+
+    A variant's value of a searchable parameter (``learning_rate``, ``leak``,
+    ``reset_threshold``, ``group_leaks``) is *fixed* in every trial of its cells, the paper
+    trial included: the cells search only the rest of their space (a learning-rate variant
+    tunes the leak at that rate instead of searching the rate again). A cell left with nothing
+    to search runs one trial, as more would repeat it exactly.
+
+    The intended use is one factor at a time from a baseline: a variant without overrides is
+    the baseline, each other variant changes one thing, and the report's claims matrix shows
+    what each change does to each claim.
     """
 
     name: str
     network: dict[str, Any] = field(default_factory=dict)
     """Overrides of network fields (after ``[network]`` and ``[network.<model>]``)."""
     dataset: dict[str, Any] = field(default_factory=dict)
-    """Overrides of DatasetConfig fields (``name`` excluded) of every data set."""
+    """Overrides of DatasetConfig fields (``name`` excluded)."""
+    datasets: tuple[str, ...] = ()
+    """Data set names or labels the variant applies to; empty = all of the study's."""
+    search_space: dict[str, Any] = field(default_factory=dict)
+    """Model -> space name or inline table, replacing the study's ``search_space`` entry."""
 
     def __post_init__(self) -> None:
         _check_type("variants.name", self.name, str)
@@ -229,10 +258,11 @@ class VariantSpec:
             )
         prefix = f"variants.{self.name}."
         network = _as_table(prefix + "network", self.network)
-        # "dataset" is listed for the did-you-mean hint only: its table lives in self.dataset.
-        _reject_unknown(prefix, network, [*NETWORK_FIELDS, "dataset"])
-        if "dataset" in network:
-            raise SpecError(prefix + "dataset", network["dataset"], "VariantSpec.dataset")
+        # The tables are listed for the did-you-mean hint only: they live in their own fields.
+        _reject_unknown(prefix, network, [*NETWORK_FIELDS, *VARIANT_TABLES])
+        for name in VARIANT_TABLES:
+            if name in network:
+                raise SpecError(prefix + name, network[name], f"VariantSpec.{name}")
         object.__setattr__(
             self, "network", {k: _coerce(prefix + k, k, v) for k, v in network.items()}
         )
@@ -243,14 +273,97 @@ class VariantSpec:
         object.__setattr__(self, "dataset", dataset)
         with _relabel(prefix + "dataset."):
             DatasetConfig(**dataset)  # the values alone; each data set is checked per cell
+        datasets = tuple(_as_list(prefix + "datasets", self.datasets))
+        for name in datasets:
+            _check_type(prefix + "datasets", name, str)
+        if len(set(datasets)) != len(datasets):
+            raise SpecError(prefix + "datasets", list(datasets), "each data set at most once")
+        object.__setattr__(self, "datasets", datasets)
+        spaces = _as_table(prefix + "search_space", self.search_space)
+        for model, space in spaces.items():
+            _check_choice(prefix + "search_space", model, MODELS)
+            searched = probe(resolve_space(f"{prefix}search_space.{model}", space))
+            fixed = sorted({field_of(n) for n in searched} & set(self.network))
+            if fixed:
+                raise SpecError(
+                    f"{prefix}search_space.{model}",
+                    space,
+                    f"a space without {', '.join(fixed)}, which the variant fixes "
+                    f"({', '.join(prefix + name for name in fixed)})",
+                )
+        object.__setattr__(self, "search_space", spaces)
+
+    def applies_to(self, dataset: DatasetConfig, label: str) -> bool:
+        """True when the variant's cells include data set ``dataset`` (labelled ``label``)."""
+        return not self.datasets or dataset.name in self.datasets or label in self.datasets
+
+    def overrides(self) -> dict[str, Any]:
+        """What this setting changes, as flat ``field: value`` (``dataset.<field>`` for data
+        set fields; the search-space entries as ``search_space.<model>``)."""
+        out = {k: _plain(v) for k, v in self.network.items()}
+        out.update({f"dataset.{k}": _plain(v) for k, v in self.dataset.items()})
+        out.update({f"search_space.{k}": v for k, v in self.search_space.items()})
+        return out
+
+    @classmethod
+    def from_dict(cls, table: dict[str, Any], where: str = "variants") -> VariantSpec:
+        """A variant from its TOML/JSON table (the inverse of :meth:`to_dict`)."""
+        table = dict(table)
+        if "name" not in table:
+            raise SpecError(where, table, "a table with a name")
+        name = table.pop("name")
+        tables = {key: table.pop(key) for key in VARIANT_TABLES if key in table}
+        return cls(name=name, network=table, **tables)
 
     def to_dict(self) -> dict[str, Any]:
-        """The TOML/JSON form: name, network keys inline, then ``dataset`` if any."""
+        """The TOML/JSON form: name, network keys inline, then the tables that are set."""
         out: dict[str, Any] = {"name": self.name}
         out.update({k: _plain(v) for k, v in self.network.items()})
         if self.dataset:
             out["dataset"] = {k: _plain(v) for k, v in self.dataset.items()}
+        if self.datasets:
+            out["datasets"] = list(self.datasets)
+        if self.search_space:
+            out["search_space"] = dict(self.search_space)
         return out
+
+
+VARIANT_TABLES: tuple[str, ...] = ("dataset", "datasets", "search_space")
+"""Keys of a ``[[variants]]`` entry that are not network fields."""
+
+DATASET_USES: dict[str, tuple[str, ...]] = {
+    "synthetic-categories": (
+        "categories",
+        "features",
+        "train_per_category",
+        "test_per_category",
+        "noise",
+        "template",
+        "seed",
+    ),
+    "multiscale-stream": (
+        "noise",
+        "seed",
+        "switch_periods",
+        "features_per_group",
+        "stream_length",
+        "test_stream_length",
+    ),
+    "no-shared-features": (
+        "categories",
+        "features",
+        "train_per_category",
+        "test_per_category",
+        "noise",
+        "seed",
+        "parts",
+        "run_length",
+    ),
+    "mnist": ("train_per_category", "test_per_category", "data_dir", "seed"),
+    "fashion-mnist": ("train_per_category", "test_per_category", "data_dir", "seed"),
+}
+"""DatasetConfig fields each data set's loader reads (the others it ignores). Mirrors
+``trainables.data``; tests/study/test_spec.py checks it by changing each field."""
 
 
 class CellDesign(NamedTuple):
@@ -259,8 +372,10 @@ class CellDesign(NamedTuple):
     dataset_label: str
     variant: str | None
     pinned: tuple[str, ...]
-    """Network fields the cell's variant sets (they pin the cell's first trial too)."""
+    """Network fields the cell's variant sets (searchable ones are fixed in all its trials)."""
     config: TrialConfig
+    budget: int
+    """Trials the cell runs: ``trials_per_cell``, or 1 when its space searches nothing."""
 
 
 @dataclass(frozen=True)
@@ -350,6 +465,25 @@ class StudySpec:
         names = [variant.name for variant in self.variants]
         if len(set(names)) != len(names):
             raise SpecError("variants", names, "distinct variant names")
+        known = list(dict.fromkeys([*(ds.name for ds in self.datasets), *self.dataset_labels()]))
+        for variant in self.variants:
+            for name in variant.datasets:
+                if name not in known:
+                    raise SpecError(
+                        f"variants.{variant.name}.datasets",
+                        list(variant.datasets),
+                        f"names or labels of the study's data sets: {', '.join(known)}",
+                    )
+        for position, (label, dataset) in enumerate(
+            zip(self.dataset_labels(), self.datasets, strict=True)
+        ):
+            if self.variants and not any(v.applies_to(dataset, label) for v in self.variants):
+                raise SpecError(
+                    f"datasets[{position}]",
+                    label,
+                    "a data set some variant applies to (every variant names other data "
+                    "sets): add a variant without `datasets`, or drop the data set",
+                )
         _check_int("replicates", self.replicates, 1)
         _check_int("epochs", self.epochs, 1)
         _check_int("eval_every", self.eval_every, 1)
@@ -359,7 +493,7 @@ class StudySpec:
         _check_type("search_space", self.search_space, dict)
         for model, space in self.search_space.items():
             _check_choice("search_space", model, MODELS)
-            self._resolve_space(model, space)
+            resolve_space(f"search_space.{model}", space)
         _check_choice("sampler", self.sampler, SAMPLERS)
         _check_int("trials_per_cell", self.trials_per_cell, 1)
         _check_int("max_concurrent_trials", self.max_concurrent_trials, 0)
@@ -417,24 +551,43 @@ class StudySpec:
 
         This is the one place cell configs are built; construction validates them, and a
         failure names the spec field that set the bad value (``network.<model>.batch_size``,
-        ``variants.<name>.test_ordering``, ``datasets[0].noise``...).
+        ``variants.<name>.test_ordering``, ``datasets[0].noise``...). A variant crosses only
+        the data sets it applies to (``variants.<name>.datasets``).
 
         Raises:
-            SpecError: a cell whose settings the engine rejects.
+            SpecError: a cell whose settings the engine rejects, or a variant overriding a data
+                set field that one of its data sets does not use.
         """
-        datasets = self.dataset_configs()
-        counts = collections.Counter(ds.name for ds in datasets)
         cells: list[CellDesign] = []
-        for position, dataset in enumerate(datasets):
-            label = dataset.name if counts[dataset.name] == 1 else f"{dataset.name}-{position}"
+        budgets: dict[tuple[str, str | None], int] = {}
+        for position, (label, dataset) in enumerate(
+            zip(self.dataset_labels(), self.dataset_configs(), strict=True)
+        ):
+            variants = [v for v in self.variants if v.applies_to(dataset, label)]
+            for variant in variants:
+                _check_dataset_fields(variant, dataset, label)
             for model in self.models:
                 for ordering in self.orderings:
-                    for variant in self.variants or (None,):
+                    for variant in variants or [None]:
                         config = self._cell_config(position, dataset, model, ordering, variant)
-                        pinned = tuple(variant.network) if variant else ()
                         name = variant.name if variant else None
-                        cells.append(CellDesign(label, name, pinned, config))
+                        if (model, name) not in budgets:
+                            searched = probe(self.space_for(model, name))
+                            budgets[(model, name)] = self.trials_per_cell if searched else 1
+                        pinned = tuple(variant.network) if variant else ()
+                        cells.append(
+                            CellDesign(label, name, pinned, config, budgets[(model, name)])
+                        )
         return cells
+
+    def dataset_labels(self) -> list[str]:
+        """Each data set's label in cell keys: its name, suffixed with its position when the
+        spec lists one name twice."""
+        counts = collections.Counter(ds.name for ds in self.datasets)
+        return [
+            ds.name if counts[ds.name] == 1 else f"{ds.name}-{position}"
+            for position, ds in enumerate(self.datasets)
+        ]
 
     def _cell_config(
         self,
@@ -472,7 +625,7 @@ class StudySpec:
 
     def _check_cells(self) -> None:
         """Checks of each cell beyond TrialConfig's: objective, group counts, search spaces."""
-        samples: dict[str, list[dict[str, Any]]] = {}
+        samples: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
         for cell in self.design():
             config = cell.config
             key = "/".join(
@@ -518,43 +671,68 @@ class StudySpec:
                     "reset groups and leak groups must coincide",
                 )
             # The searched points must fit the cell too (e.g. leak_group2 needs 3 groups).
-            if config.model not in samples:
-                samples[config.model] = [
+            where = (config.model, cell.variant)
+            if where not in samples:
+                samples[where] = [
                     paper_setting(config.model),
-                    _sample(self.space_for(config.model)),
+                    _sample(self.space_for(config.model, cell.variant)),
                 ]
-            for point in samples[config.model]:
+            for point in samples[where]:
                 try:
                     point_config(config, point)
                 except ValueError as error:
                     raise SpecError(
-                        f"search_space.{config.model}",
-                        self.space_name(config.model),
+                        self._space_field(config.model, cell.variant),
+                        self.space_name(config.model, cell.variant),
                         f"a space whose values fit cell {key} ({error})",
                     ) from None
 
-    def space_name(self, model: str) -> str:
-        """'inline' or the name of the space ``model`` is searched with."""
-        space = self.search_space.get(model, model)
+    def variant(self, name: str | None) -> VariantSpec | None:
+        """The variant called ``name`` (None for None)."""
+        if name is None:
+            return None
+        for variant in self.variants:
+            if variant.name == name:
+                return variant
+        raise KeyError(f"variant {name!r}; known: {[v.name for v in self.variants]}")
+
+    def _space_entry(self, model: str, variant: str | None) -> Any:
+        found = self.variant(variant)
+        if found is not None and model in found.search_space:
+            return found.search_space[model]
+        return self.search_space.get(model, model)
+
+    def _space_field(self, model: str, variant: str | None) -> str:
+        found = self.variant(variant)
+        if found is not None and model in found.search_space:
+            return f"variants.{variant}.search_space.{model}"
+        return f"search_space.{model}"
+
+    def space_name(self, model: str, variant: str | None = None) -> str:
+        """'inline' or the name of the space ``model`` is searched with (in ``variant``)."""
+        space = self._space_entry(model, variant)
         return space if isinstance(space, str) else "inline"
 
-    def space_for(self, model: str) -> Space:
-        """The define-by-run function searching ``model``'s hyperparameters."""
-        return self._resolve_space(model, self.search_space.get(model, model))
-
-    def _resolve_space(self, model: str, space: Any) -> Space:
-        if isinstance(space, str):
-            if space not in SPACES:
-                raise SpecError(
-                    f"search_space.{model}", space, f"one of {', '.join(SPACES)} or a table"
-                )
-            return SPACES[space]
-        if isinstance(space, dict):
-            try:
-                return inline_space(space)
-            except ValueError as error:
-                raise SpecError(f"search_space.{model}", space, str(error)) from None
-        raise SpecError(f"search_space.{model}", space, "a space name or a table of ranges")
+    def space_for(self, model: str, variant: str | None = None) -> Space:
+        """The define-by-run function searching ``model``'s hyperparameters in ``variant``'s
+        cells: the variant's space for the model, else the study's, with the searchable values
+        the variant sets held fixed."""
+        space = resolve_space(self._space_field(model, variant), self._space_entry(model, variant))
+        found = self.variant(variant)
+        if found is None or not found.network:
+            return space
+        fixed = {}
+        for name in probe(space):
+            value = found.network.get(field_of(name))
+            if value is None:
+                continue
+            if field_of(name) == "group_leaks":
+                group = int(name.removeprefix("leak_group"))
+                if group < len(value):
+                    fixed[name] = value[group]
+            else:
+                fixed[name] = value
+        return fixed_space(space, fixed)
 
     def dataset_configs(self) -> tuple[DatasetConfig, ...]:
         """The data sets with the spec-wide ``data_dir`` filled in where they name none."""
@@ -729,6 +907,13 @@ def _set_in_dataset(values: dict[str, Any], path: list[str], value: Any) -> None
 def _set_in_variant(values: dict[str, Any], path: list[str], value: Any) -> None:
     variants = [dict(v) for v in _as_list("variants", values.get("variants", []))]
     names = [str(v.get("name")) for v in variants]
+    # A variant name may contain dots (lr-0.1): take the longest name the key starts with.
+    rest = path[1:]
+    for name in sorted(names, key=len, reverse=True):
+        parts = name.split(".")
+        if len(parts) > 1 and rest[: len(parts)] == parts:
+            path = [path[0], name, *rest[len(parts) :]]
+            break
     selector = path[1]
     if selector.isdigit() and int(selector) < len(variants):
         chosen = [int(selector)]
@@ -736,17 +921,19 @@ def _set_in_variant(values: dict[str, Any], path: list[str], value: Any) -> None
         chosen = list(range(len(variants)))
     else:
         chosen = [i for i, name in enumerate(names) if name == selector]
-    nested = len(path) == 4 and path[2] == "dataset"
+    nested = len(path) == 4 and path[2] in ("dataset", "search_space")
     if not chosen or not (len(path) == 3 or nested):
         raise SpecError(
             ".".join(path),
             value,
-            f"variants.<index, name or *>.<field> (or .dataset.<field>) with names {names}",
+            "variants.<index, name or *>.<field> (or .dataset.<field>, "
+            f".search_space.<model>) with names {names}",
         )
     for i in chosen:
         if nested:
-            variants[i]["dataset"] = {**_as_table("dataset", variants[i].get("dataset", {}))}
-            variants[i]["dataset"][path[3]] = value
+            table = path[2]
+            variants[i][table] = {**_as_table(table, variants[i].get(table, {}))}
+            variants[i][table][path[3]] = value
         else:
             variants[i][path[2]] = value
     values["variants"] = variants
@@ -832,12 +1019,7 @@ def _dataset_values(prefix: str, table: dict[str, Any]) -> dict[str, Any]:
 def _variant(index: int, value: Any) -> VariantSpec:
     if isinstance(value, VariantSpec):
         return value
-    table = _as_table(f"variants[{index}]", value)
-    if "name" not in table:
-        raise SpecError(f"variants[{index}]", table, "a table with a name")
-    name = table.pop("name")
-    dataset = table.pop("dataset", {})
-    return VariantSpec(name=name, network=table, dataset=dataset)
+    return VariantSpec.from_dict(_as_table(f"variants[{index}]", value), f"variants[{index}]")
 
 
 @functools.cache
@@ -876,6 +1058,37 @@ def _coerce(name: str, field_name: str, value: Any) -> Any:
 def _plain(value: Any) -> Any:
     """JSON/TOML form of a value: tuples become lists."""
     return list(value) if isinstance(value, tuple) else value
+
+
+def resolve_space(name: str, space: Any) -> Space:
+    """The space a spec entry ``name`` names: a key of SPACES or an inline table of ranges."""
+    if isinstance(space, str):
+        if space not in SPACES:
+            raise SpecError(name, space, f"one of {', '.join(SPACES)} or a table")
+        return SPACES[space]
+    if isinstance(space, dict):
+        try:
+            return inline_space(space)
+        except ValueError as error:
+            raise SpecError(name, space, str(error)) from None
+    raise SpecError(name, space, "a space name or a table of ranges")
+
+
+def _check_dataset_fields(variant: VariantSpec, dataset: DatasetConfig, label: str) -> None:
+    """A variant's data set override must change data set ``dataset``: else its cells would
+    silently repeat the baseline's (MNIST has no noise)."""
+    used = DATASET_USES[dataset.name]
+    for key, value in variant.dataset.items():
+        if key in used:
+            continue
+        users = [name for name, fields in DATASET_USES.items() if key in fields]
+        raise SpecError(
+            f"variants.{variant.name}.dataset.{key}",
+            value,
+            f"a field every data set of the variant uses, but {label} ignores {key} "
+            f"(used by {', '.join(users) or 'no data set'}): restrict the variant with "
+            f"variants.{variant.name}.datasets = [...]",
+        )
 
 
 def _build_config(values: dict[str, Any], sources: dict[str, str]) -> TrialConfig:

@@ -150,7 +150,7 @@ def run_study(spec: StudySpec, summary_json: str | None = None) -> list[CellSumm
         # One ASHA per cell on the fraction of training done (see study.scheduler).
         scheduler = CellASHA(mode=spec.direction) if spec.scheduler == "asha" else None
         print(
-            f"study {spec.name}: {len(cells)} cells x {spec.trials_per_cell} trials, "
+            f"study {spec.name}: {len(cells)} cells, {sum(c.budget for c in cells)} trials, "
             f"{concurrency} at once; tracking {spec.tracking_uri}",
             file=sys.stderr,
         )
@@ -159,7 +159,7 @@ def run_study(spec: StudySpec, summary_json: str | None = None) -> list[CellSumm
             tune_config=tune.TuneConfig(
                 search_alg=CellSearcher(spec, cells),
                 scheduler=scheduler,
-                num_samples=len(cells) * spec.trials_per_cell,
+                num_samples=sum(cell.budget for cell in cells),
                 max_concurrent_trials=concurrency,
                 reuse_actors=True,
                 trial_dirname_creator=trial_dirname,

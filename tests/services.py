@@ -37,6 +37,19 @@ POSTGRES_ADMIN_URL = os.environ.get(
 """A database on the server that may create and drop databases."""
 
 
+def shared_data_dir() -> Path | None:
+    """The real MNIST / Fashion-MNIST IDX folder: ``$STUDY_DATA_DIR`` if it holds both, else the
+    nearest ``<ancestor>/shared/data`` of this file that does (``../shared/data`` from a checkout
+    next to ``shared/``, e.g. /work/main; ``/work/shared/data`` from a worktree in /work/wt/).
+    """
+    candidates = [Path(os.environ["STUDY_DATA_DIR"])] if os.environ.get("STUDY_DATA_DIR") else []
+    candidates += [folder / "shared" / "data" for folder in Path(__file__).resolve().parents]
+    for candidate in candidates:
+        if (candidate / "mnist").is_dir() and (candidate / "fashion-mnist").is_dir():
+            return candidate
+    return None
+
+
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 right now."""
     with socket.socket() as sock:

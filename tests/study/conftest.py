@@ -32,24 +32,14 @@ def ray_local() -> Iterator[None]:
     ray.shutdown()
 
 
-def shared_data_dir() -> Path | None:
-    """The real MNIST / Fashion-MNIST IDX folder: the nearest ``<ancestor>/shared/data`` of this
-    file that holds ``mnist/`` (``../shared/data`` from a checkout next to ``shared/``, e.g.
-    /work/main; ``/work/shared/data`` from a worktree under /work/wt/)."""
-    for folder in Path(__file__).resolve().parents:
-        candidate = folder / "shared" / "data"
-        if (candidate / "mnist").is_dir():
-            return candidate
-    return None
-
-
 @pytest.fixture(scope="session")
 def real_data_dir() -> Path:
-    """:func:`shared_data_dir`, or a skip saying where it was looked for."""
-    found = shared_data_dir()
+    """The real MNIST / Fashion-MNIST IDX folder (:func:`tests.services.shared_data_dir`), or a
+    skip saying where it was looked for."""
+    found = services.shared_data_dir()
     if found is None:
         pytest.skip(
-            "no real MNIST files: looked for shared/data/mnist/ in every folder above "
-            f"{Path(__file__).resolve().parent}"
+            "no real MNIST / Fashion-MNIST files: set STUDY_DATA_DIR or put them in shared/data/ "
+            f"in a folder above {Path(__file__).resolve().parent}"
         )
     return found

@@ -7,12 +7,15 @@ MLflow store, and one smoke study runs every model of ``trainables.config.MODELS
 
 from __future__ import annotations
 
+import collections
 import json
+import re
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from search_spaces import probe
 from study.cells import expand
 from study.cli import main
 from study.spec import StudySpec, load_spec, preset_names, preset_text
@@ -60,6 +63,69 @@ def test_a10_trains_smooth_and_tests_on_reps1_and_on_its_own_ordering() -> None:
         ("reps-10", "reps-1"),
         ("reps-10", None),
     }
+
+
+def _reduced_budget() -> list[str]:
+    """The --set overrides of the reduced budget documented in the preset's header."""
+    lines = preset_text("robustness-claims").splitlines()
+    text = " ".join(line.lstrip("# ").rstrip("\\ ") for line in lines if line.startswith("#"))
+    start = text.index("Reduced budget")
+    command = text[text.index("study run", start) : text.index("As written", start)]
+    return re.findall(r"--set (\S+)", command)
+
+
+def test_robustness_preset_varies_one_factor_at_a_time_from_the_paper_setting() -> None:
+    spec = load_spec("robustness-claims")
+    assert preset_text("robustness-claims").startswith("# study run robustness-claims")
+    assert StudySpec.from_dict(json.loads(spec.to_json())) == spec
+    assert [d.name for d in spec.datasets] == ["synthetic-categories", "mnist", "fashion-mnist"]
+    assert spec.network.gradient == "leak-scaled" and spec.network.learning_rate == 0.01
+    overrides = {v.name: v.overrides() for v in spec.variants}
+    assert overrides.pop("baseline") == {}
+    streamed = {"test_protocol": "streamed", "test_ordering": "random"}
+    assert overrides.pop("test-streamed") == streamed, "one factor: the test protocol"
+    assert all(len(changed) == 1 for changed in overrides.values()), overrides
+    changed = collections.defaultdict(set)
+    for values in overrides.values():
+        for key, value in values.items():
+            changed[key].add(json.dumps(value))
+    assert changed["gradient"] == {'"leak-unscaled"'}, "both conventions (baseline: scaled)"
+    assert len(changed["learning_rate"]) >= 2 and len(changed["dataset.noise"]) >= 2
+    assert {len(json.loads(h)) for h in changed["hidden"]} == {1, 2}, "wider and deeper"
+    assert max(json.loads(h)[0] for h in changed["hidden"]) > spec.network.hidden[0]
+
+
+def test_robustness_preset_cells_fix_what_their_variant_sets() -> None:
+    spec = load_spec("robustness-claims", _reduced_budget())
+    cells = expand(spec)
+    by_dataset = collections.defaultdict(set)
+    for cell in cells:
+        by_dataset[cell.dataset_label].add(cell.variant)
+        searched = set(probe(spec.space_for(cell.model, cell.variant)))
+        if cell.variant and cell.variant.startswith("lr-"):
+            assert "learning_rate" not in searched, "a learning-rate variant fixes the rate"
+            assert cell.base.learning_rate != 0.01
+        else:
+            assert "learning_rate" in searched
+        assert cell.budget == (spec.trials_per_cell if searched else 1)
+        if cell.variant and cell.variant.startswith("noise-"):
+            assert cell.base.dataset.noise != 0.5
+    everywhere = {v.name for v in spec.variants if not v.datasets}
+    assert by_dataset["synthetic-categories"] == {v.name for v in spec.variants}
+    assert by_dataset["mnist"] == by_dataset["fashion-mnist"] == everywhere
+    assert spec.replicates >= 5, "enough replicates for a verdict"
+
+
+def test_robustness_reduced_budget_is_the_documented_one() -> None:
+    overrides = _reduced_budget()
+    assert "trials_per_cell=4" in overrides and "replicates=10" in overrides
+    spec = load_spec("robustness-claims", overrides)
+    total = sum(cell.budget for cell in expand(spec))
+    assert f"({total} trials;" in preset_text("robustness-claims")
+    mnist = {d.name: d for d in spec.datasets}["mnist"]
+    assert (mnist.train_per_category, mnist.test_per_category) == (300, 100)
+    full = load_spec("robustness-claims")
+    assert {d.name: d for d in full.datasets}["mnist"].train_per_category is None, "all"
 
 
 def test_study_presets_lists_them(capsys: pytest.CaptureFixture[str]) -> None:

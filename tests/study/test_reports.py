@@ -22,7 +22,22 @@ leaky-reset/reps-3    0.05      1e-6
 ====================  ========  ========  ==========================================
 
 An autoencoder setting (multiscale-stream: feedforward and multiscale-reset) makes a second
-setting, so claim 6 is evaluated and the claims matrix is written.
+setting, so claim 6 is evaluated and the claims matrix is written: without memory the
+feedforward AE's units cannot prefer a timescale, the multiscale units (leaks 0 / 0.3 / 0.6,
+reset per feature group) do, so claim 6 holds.
+
+A second study is variant-based (the ``[[variants]]`` of a spec, as in robustness-claims): a
+``baseline`` variant (isolated test items) and ``test-reps-1`` (a streamed test at minimum
+smoothness, paper A.10), each with feedforward, leaky-reset and an LSTM trained on reps-3 and
+reps-5:
+
+====================  ========  ========  ==========================================
+cell                  paper     tuned     so, on the reps-1 test stream
+====================  ========  ========  ==========================================
+feedforward/reps-k    1e-6      2e-6      claim 5a holds at paper and tuned
+leaky-reset/reps-k    0.05      1e-6      (its best is the paper trial)
+lstm/reps-k           1e-6      2.0       claim 5b holds at paper, reversed tuned
+====================  ========  ========  ==========================================
 """
 
 from __future__ import annotations
@@ -64,6 +79,14 @@ CLASSIFY = {
 }
 AUTOENCODE = {("feedforward", "stream"): (GOOD, MID), ("multiscale-reset", "stream"): (GOOD, MID)}
 SYNTH, STREAM = "synthetic-categories", "multiscale-stream"
+VARIANT_STUDY = "report-variants"
+STREAMED = {"feedforward": (NONE, 2e-6), "leaky-reset": (MID, NONE), "lstm": (NONE, 2.0)}
+VARIANTS = {
+    (model, ordering, variant): lrs
+    for model, lrs in STREAMED.items()
+    for ordering in ("reps-3", "reps-5")
+    for variant in ("baseline", "test-reps-1")
+}
 
 
 class _Checkpoint:
@@ -95,15 +118,21 @@ def _run_trial(config: dict[str, Any], objective: str) -> list[tuple[dict, Any]]
     return reports
 
 
+def _plan_key(cell: Any) -> tuple[str, ...]:
+    """(model, ordering), and the variant for a cell of a variant."""
+    key = (cell.model, cell.ordering)
+    return (*key, cell.variant) if cell.variant else key
+
+
 def _write_setting(spec: Any, plan: dict, base_update: dict, unfinished: tuple | None) -> None:
     """Write one setting's cells and trials through the real tracking callback."""
-    cells = [c for c in expand(spec) if (c.model, c.ordering) in plan]
+    cells = [c for c in expand(spec) if _plan_key(c) in plan]
     tracking = MlflowTracking(spec, cells)
     tracking.setup()
     trials = []
     for cell in cells:
         base = {**cell.base.to_dict(), **base_update}
-        lrs = plan[(cell.model, cell.ordering)]
+        lrs = plan[_plan_key(cell)]
         for number, lr in enumerate(lrs):
             params = {"learning_rate": lr}
             if cell.model in ("leaky", "leaky-reset"):
@@ -130,7 +159,7 @@ def _write_setting(spec: Any, plan: dict, base_update: dict, unfinished: tuple |
                 tracking.on_trial_result(0, [], trial, result)
             tracking.on_trial_complete(0, [], trial)
             trials.append(trial)
-        if unfinished == (cell.model, cell.ordering):  # started, never finished: RUNNING
+        if unfinished == _plan_key(cell):  # started, never finished: RUNNING
             config = {
                 "cell": cell.key,
                 "base": base,
@@ -176,6 +205,32 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     report = build_report(STUDY, uri, root / "out")
     payload = json.loads(report.json.read_text())
     return {"uri": uri, "root": root, "report": report, "payload": payload}
+
+
+@pytest.fixture(scope="module")
+def variant_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The variant-based known-outcome study, and its report."""
+    root = tmp_path_factory.mktemp("report-variants")
+    _Checkpoint.keep = root / "checkpoints"
+    _Checkpoint.keep.mkdir()
+    uri = f"sqlite:///{root}/mlflow.db"
+    spec = load_spec(
+        "smoke",
+        [
+            f"name={VARIANT_STUDY}",
+            "replicates=6",
+            "trials_per_cell=2",
+            "models=feedforward,leaky-reset,lstm",
+            "orderings=reps-3,reps-5",
+            "variants=[{name='baseline'}, {name='test-reps-1', test_protocol='streamed', "
+            "test_ordering='reps-1'}]",
+            f"tracking_uri='{uri}'",
+            f"storage_path='{root / 'ray'}'",
+        ],
+    )
+    _write_setting(spec, VARIANTS, {}, unfinished=None)
+    report = build_report(VARIANT_STUDY, uri, root / "out")
+    return {"uri": uri, "root": root, "report": report, "payload": report.payload}
 
 
 def _headline(payload: dict, claim: str, basis: str, group: str = SYNTH) -> dict:
@@ -313,9 +368,10 @@ def test_claims_without_their_cells_are_not_tested(store: dict, tmp_path: Path) 
             curves = _curves(client, run_id, tmp_path / basis / model)
             selectivity[model] = np.array(curves["per_replicate"]["timescale_selectivity"])
         row = _headline(payload, "6", basis, STREAM)
-        expected = (selectivity["multiscale-reset"] - selectivity["feedforward"]).mean()
-        assert row["effect"] == pytest.approx(expected, abs=1e-12)
-        assert row["verdict"] in (HOLDS, REVERSED, NOT_SIGNIFICANT)
+        diff = selectivity["multiscale-reset"] - selectivity["feedforward"]  # higher = better
+        assert row["effect"] == pytest.approx(diff.mean(), abs=1e-12)
+        assert [row["ci_low"], row["ci_high"]] == pytest.approx(list(bootstrap_ci(diff)))
+        assert row["verdict"] == HOLDS and row["ci_low"] > 0, row
 
 
 def test_trial_counts_include_an_unfinished_trial(store: dict) -> None:
@@ -378,6 +434,219 @@ def test_report_again_through_the_cli_updates_the_one_summary_run(
 def test_an_unknown_study_is_invalid_input(store: dict, capsys: pytest.CaptureFixture) -> None:
     assert main(["report", "no-such-study", "--tracking-uri", store["uri"]]) == 2
     assert STUDY in capsys.readouterr().err
+
+
+def test_claim_1_and_3_slopes_match_a_recomputation_from_the_stored_curves(
+    store: dict, tmp_path: Path
+) -> None:
+    client = MlflowClient(store["uri"])
+    cells = {
+        (c["model"], c["ordering"]): c for c in store["payload"]["cells"] if c["dataset"] == SYNTH
+    }
+    for claim, model, sign in (("1", "feedforward", 1.0), ("3", "leaky", -1.0)):
+        for basis in ("paper", "tuned"):
+            ks, columns = [], []
+            for ordering in ("reps-1", "reps-3"):
+                run_id = cells[(model, ordering)][basis]["run_id"]
+                curves = _curves(client, run_id, tmp_path / claim / basis / ordering)
+                ks.append(float(ordering.removeprefix("reps-")))
+                columns.append(curves["per_replicate"]["test_loss_auc"])
+            values = np.array(columns).T  # [R, K]
+            # np.polyfit per replicate: an independent least-squares slope of loss over k;
+            # claim 1 counts a rising loss as support, claim 3 a falling one.
+            slopes = sign * np.array([np.polyfit(ks, row, 1)[0] for row in values])
+            row = _headline(store["payload"], claim, basis)
+            assert row["effect"] == pytest.approx(slopes.mean(), abs=1e-12)
+            assert [row["ci_low"], row["ci_high"]] == pytest.approx(list(bootstrap_ci(slopes)))
+            assert row["comparison"] == f"{model}: slope over k in reps-1, reps-3"
+
+
+def test_comparisons_are_the_paired_differences_of_the_stored_values(
+    store: dict, tmp_path: Path
+) -> None:
+    client = MlflowClient(store["uri"])
+    payload = store["payload"]
+    cells = {(c["setting"], c["model"], c["ordering"]): c for c in payload["cells"]}
+    rows = [r for r in payload["comparisons"] if r["setting"] == SYNTH]
+    expected = set()
+    for basis in ("paper", "tuned"):
+        for model, ordering in CLASSIFY:
+            if ordering != "random" and (model, "random") in CLASSIFY:
+                expected.add((basis, f"{model}/{ordering}", f"{model}/random"))
+            if model != "feedforward" and ("feedforward", ordering) in CLASSIFY:
+                expected.add((basis, f"{model}/{ordering}", f"feedforward/{ordering}"))
+    assert {(r["basis"], r["a"], r["b"]) for r in rows} == expected
+    values: dict[tuple[str, str], np.ndarray] = {}
+    for row in rows:
+        for side in (row["a"], row["b"]):
+            if (row["basis"], side) not in values:
+                run_id = cells[(SYNTH, *side.split("/"))][row["basis"]]["run_id"]
+                curves = _curves(client, run_id, tmp_path / row["basis"] / side)
+                values[(row["basis"], side)] = np.array(curves["per_replicate"]["test_loss_auc"])
+        # loss: A beats B by B - A, replicate by replicate
+        diff = values[(row["basis"], row["b"])] - values[(row["basis"], row["a"])]
+        assert row["effect"] == pytest.approx(diff.mean(), abs=1e-12)
+        assert [row["ci_low"], row["ci_high"]] == pytest.approx(list(bootstrap_ci(diff)))
+        assert row["replicates"] == 6 and row["note"] == ""
+    # the comparison of a cell with itself by construction: leaky-reset = feedforward at reps-1
+    same = [r for r in rows if (r["a"], r["b"]) == ("leaky-reset/reps-1", "feedforward/reps-1")]
+    assert same and all(r["effect"] == 0.0 for r in same)
+
+
+def test_claim_5_verdicts_on_a_streamed_unsmooth_test(variant_store: dict, tmp_path: Path) -> None:
+    payload = variant_store["payload"]
+    group = f"{SYNTH}/test-reps-1"
+    expected = {
+        ("5a", "paper"): HOLDS,
+        ("5a", "tuned"): HOLDS,
+        ("5b", "paper"): HOLDS,
+        ("5b", "tuned"): REVERSED,
+    }
+    client = MlflowClient(variant_store["uri"])
+    cells = {(c["model"], c["ordering"], c["variant"]): c for c in payload["cells"]}
+    for (claim, basis), verdict in expected.items():
+        row = _headline(payload, claim, basis, group)
+        assert row["verdict"] == verdict, row
+        assert row["comparison"] == "2 levels (reps-3, reps-5)"
+        other = "feedforward" if claim == "5a" else "lstm"
+        levels = {}
+        for ordering in ("reps-3", "reps-5"):
+            values = {}
+            for model in ("leaky-reset", other):
+                run_id = cells[(model, ordering, "test-reps-1")][basis]["run_id"]
+                curves = _curves(client, run_id, tmp_path / claim / basis / ordering / model)
+                values[model] = np.array(curves["per_replicate"]["test_loss_auc"])
+            levels[ordering] = values[other] - values["leaky-reset"]  # loss: positive = holds
+            (detail,) = [
+                r
+                for r in payload["claims"]
+                if f"{r['claim']}{r['part']}" == claim
+                and r["basis"] == basis
+                and r["group"] == group
+                and r["level"] == ordering
+            ]
+            assert detail["effect"] == pytest.approx(levels[ordering].mean(), abs=1e-12)
+            assert detail["verdict"] == verdict
+        weakest = min(levels.values(), key=lambda d: d.mean())
+        assert row["effect"] == pytest.approx(weakest.mean(), abs=1e-12)
+        assert row["varied"] == {"test_protocol": "streamed", "test_ordering": "reps-1"}
+        assert row["setting"] == (
+            f"{basis}: {group} (test_ordering=reps-1, test_protocol=streamed)"
+        )
+    # the baseline tests isolated items: claim 5 is not tested there, and says why
+    for basis in ("paper", "tuned"):
+        row = _headline(payload, "5a", basis, f"{SYNTH}/baseline")
+        assert row["verdict"] == NOT_TESTED and "isolated items" in row["note"]
+
+
+def test_a_variant_study_reports_its_settings_and_ends_with_the_claims_matrix(
+    variant_store: dict,
+) -> None:
+    payload, report = variant_store["payload"], variant_store["report"]
+    assert payload["settings"] == [
+        {
+            "setting": f"{SYNTH}/baseline",
+            "dataset": SYNTH,
+            "variant": "baseline",
+            "varied": {},
+            "label": "no overrides",
+        },
+        {
+            "setting": f"{SYNTH}/test-reps-1",
+            "dataset": SYNTH,
+            "variant": "test-reps-1",
+            "varied": {"test_protocol": "streamed", "test_ordering": "reps-1"},
+            "label": "test_ordering=reps-1, test_protocol=streamed",
+        },
+    ]
+    matrix = payload["claims_matrix"]
+    assert matrix["settings"] == [f"{SYNTH}/baseline", f"{SYNTH}/test-reps-1"]
+    assert matrix["varied"][f"{SYNTH}/baseline"] == {}
+    for basis in ("paper", "tuned"):
+        for claim, by_setting in matrix["cells"][basis].items():
+            for group, entry in by_setting.items():
+                row = _headline(payload, claim, basis, group)
+                assert entry == {"verdict": row["verdict"], "effect": row["effect"]}
+    assert matrix["cells"]["tuned"]["5b"][f"{SYNTH}/test-reps-1"]["verdict"] == REVERSED
+    text = report.markdown.read_text()
+    tail = text[text.index("## Claims matrix") :]
+    assert "## " not in tail[3:], "the matrix is the report's last section"
+    assert "- `test-reps-1`: test_ordering=reps-1, test_protocol=streamed" in tail
+    assert f"Tuned (each cell's best trial), {SYNTH}:" in tail
+    assert "| claim | baseline | test-reps-1 |" in tail
+    effect = matrix["cells"]["tuned"]["5b"][f"{SYNTH}/test-reps-1"]["effect"]
+    assert f"| reversed ({effect:+.3g}) |" in tail
+    # every cell ran its budget: the paper trial and one tuned trial
+    assert all(c["trials"]["budget"] == 2 == c["trials"]["finished"] for c in payload["cells"])
+
+
+def test_autoencoder_cells_are_never_scored_on_classification_claims() -> None:
+    base = [0.30, 0.31, 0.29, 0.30, 0.32, 0.28]
+    better = [v - 0.05 for v in base]
+
+    def autoencoder(values: list[float]) -> Condition:
+        return Condition({"test_loss_auc": np.array(values)}, 0, task="reconstruct")
+
+    conditions = {
+        ("feedforward", "random"): autoencoder(base),
+        ("feedforward", "reps-1"): autoencoder(better),
+        ("feedforward", "reps-3"): autoencoder(base),
+        ("leaky-reset", "random"): autoencoder(better),
+        ("leaky-reset", "reps-3"): autoencoder(better),
+    }
+    rows = evaluate(conditions, "test_loss_auc", "paper", SYNTH, "paper")
+    for row in rows:
+        if row.claim != "6":
+            assert row.verdict == NOT_TESTED and "classification" in row.note, row
+    # mixed: classification cells beside autoencoder cells; the latter are named, not used
+    conditions[("feedforward", "random")] = _condition(base)
+    conditions[("feedforward", "reps-3")] = _condition(base)
+    rows = {r.claim: r for r in evaluate(conditions, "test_loss_auc", "paper", SYNTH, "paper")}
+    assert rows["2"].verdict == NOT_TESTED
+    assert rows["2"].note == "needs cells feedforward/reps-1 (task=reconstruct)"
+    assert rows["4"].verdict == NOT_TESTED and rows["4"].effect is None
+
+
+def test_a_bad_study_name_or_store_creates_nothing(
+    store: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the default output folder is <project root>/reports/<name>
+    assert main(["report", "no-such-study", "--tracking-uri", store["uri"]]) == 2
+    out = tmp_path / "out"
+    args = ["--tracking-uri", store["uri"], "--out", str(out)]
+    assert main(["report", "no-such-study", *args]) == 2
+    missing = f"sqlite:///{tmp_path / 'nowhere' / 'mlflow.db'}"
+    assert main(["report", STUDY, "--tracking-uri", missing]) == 2
+    err = capsys.readouterr().err
+    assert "study: error: name='no-such-study' is invalid" in err and STUDY in err
+    assert "study: error: tracking_uri=" in err and "existing MLflow store" in err
+    assert list(tmp_path.iterdir()) == [], "no reports/, out/ or store folder left behind"
+
+
+def test_a_later_report_fixes_an_interrupted_summary_run_and_drops_stale_artifacts(
+    variant_store: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    client = MlflowClient(variant_store["uri"])
+    run_id = variant_store["report"].summary_run_id
+    # as a report killed while logging leaves it: RUNNING, with an earlier report's figure
+    # that this report no longer draws, and a stray file
+    client.update_run(run_id, status="RUNNING")
+    stale = tmp_path / "curves_paper_gone.png"
+    stale.write_bytes(b"not a current figure")
+    client.log_artifact(run_id, str(stale), "figures")
+    client.log_text(run_id, "old", "notes.txt")
+    # the summary run is not a trial: the study still lists as complete
+    assert main(["list", "--tracking-uri", variant_store["uri"]]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if x.startswith(VARIANT_STUDY)]
+    assert line.endswith("complete") and "24 trials" in line, line
+    report = build_report(VARIANT_STUDY, variant_store["uri"], tmp_path / "again")
+    assert report.summary_run_id == run_id
+    logged = set()
+    for entry in client.list_artifacts(run_id):
+        paths = client.list_artifacts(run_id, entry.path) if entry.is_dir else [entry]
+        logged |= {p.path for p in paths}
+    assert logged == {"report.md", "report.json", *report.payload["figures"]}
+    assert client.get_run(run_id).info.status == "FINISHED"
 
 
 # -- units without a store ---------------------------------------------------------------------
@@ -487,3 +756,9 @@ def test_report_of_a_real_study_on_an_mlflow_server(
     client = MlflowClient(mlflow_server)
     artifacts = {a.path for a in client.list_artifacts(report.summary_run_id)}
     assert {"report.md", "report.json", "figures"} <= artifacts
+    # a figure the next report no longer draws is deleted through the server's artifact proxy
+    client.log_text(report.summary_run_id, "stale", "figures/gone.png")
+    again = build_report(spec.name, mlflow_server, tmp_path / "report")
+    assert again.summary_run_id == report.summary_run_id
+    figures = {a.path for a in client.list_artifacts(again.summary_run_id, "figures")}
+    assert figures == set(again.payload["figures"])

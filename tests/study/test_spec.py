@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from search_spaces import probe
 from study.cells import expand
 from study.spec import (
+    DATASET_USES,
     DEFAULT_PRESET,
     FACTOR_FIELDS,
     LATENT_DATASETS,
@@ -267,25 +271,178 @@ def test_variants_cross_the_design_and_name_the_cells() -> None:
     assert StudySpec.from_dict(json.loads(spec.to_json())) == spec
 
 
-def test_a_variant_pins_the_reference_point_of_its_cells() -> None:
+def test_a_variant_fixes_the_searchable_values_it_sets() -> None:
     spec = load_spec(
         "smoke",
         [
-            "models=leaky,multiscale",
+            "models=feedforward,leaky,multiscale",
             "orderings=random",
+            "trials_per_cell=4",
             "variants=[{name='lr-0.1', learning_rate=0.1},"
             " {name='slow', group_leaks=[0, 0.5, 0.9]}]",
         ],
     )
-    points = {c.key.split("/", 1)[1]: c.paper_params() for c in expand(spec)}
-    assert points["leaky/random/lr-0.1"] == {"learning_rate": 0.1, "leak": 0.5}
-    assert points["leaky/random/slow"] == {"learning_rate": 0.01, "leak": 0.5}
-    assert points["multiscale/random/slow"] == {
-        "learning_rate": 0.01,
-        "leak_group0": 0.0,
-        "leak_group1": 0.5,
-        "leak_group2": 0.9,
+    cells = {c.key.split("/", 1)[1]: c for c in expand(spec)}
+    # the paper trial takes the paper's values except the fixed ones, which the base holds
+    assert cells["leaky/random/lr-0.1"].paper_params() == {"leak": 0.5}
+    assert cells["leaky/random/lr-0.1"].base.learning_rate == 0.1
+    assert cells["leaky/random/slow"].paper_params() == {"learning_rate": 0.01, "leak": 0.5}
+    assert cells["multiscale/random/slow"].paper_params() == {"learning_rate": 0.01}
+    assert cells["multiscale/random/slow"].base.group_leaks == (0.0, 0.5, 0.9)
+    # ... and the search leaves them out: a cell with nothing left to search runs one trial
+    searched = {key: sorted(probe(spec.space_for(c.model, c.variant))) for key, c in cells.items()}
+    assert searched["leaky/random/lr-0.1"] == ["leak"]
+    assert searched["multiscale/random/slow"] == ["learning_rate"]
+    assert searched["feedforward/random/lr-0.1"] == []
+    assert searched["feedforward/random/slow"] == ["learning_rate"]
+    budgets = {key: c.budget for key, c in cells.items()}
+    assert budgets["feedforward/random/lr-0.1"] == 1
+    assert {b for k, b in budgets.items() if k != "feedforward/random/lr-0.1"} == {4}
+
+
+def test_tuned_trials_of_a_fixed_learning_rate_variant_keep_it() -> None:
+    from study.searcher import CellSearcher
+    from trainables.tune_adapter import trial_config
+
+    spec = load_spec(
+        "smoke",
+        [
+            "models=feedforward,leaky",
+            "orderings=random",
+            "trials_per_cell=3",
+            "variants=[{name='lr-0.1', learning_rate=0.1}]",
+        ],
+    )
+    cells = expand(spec)
+    searcher = CellSearcher(spec, cells)
+    configs = []
+    while (suggested := searcher.suggest(f"t{len(configs)}")) != CellSearcher.FINISHED:
+        configs.append(suggested)
+    by_cell = collections.Counter(c["cell"] for c in configs)
+    assert by_cell == {
+        "synthetic-categories/feedforward/random/lr-0.1": 1,
+        "synthetic-categories/leaky/random/lr-0.1": 3,
     }
+    leaky = [c for c in configs if "/leaky/" in c["cell"]]
+    assert all(trial_config(c).learning_rate == 0.1 for c in configs)
+    assert all("learning_rate" not in c["params"] for c in configs)
+    assert len({trial_config(c).leak for c in leaky}) == 3, "the leak is still searched"
+
+
+def test_a_variant_search_space_replaces_the_studys_for_its_cells() -> None:
+    spec = load_spec(
+        "smoke",
+        [
+            "models=feedforward,leaky-reset",
+            "orderings=random",
+            "variants=[{name='base'}, {name='broad'}]",
+            "variants.broad.search_space.leaky-reset={leak={low=0, high=0.99}, "
+            "learning_rate={low=0.0001, high=100, log=true}}",
+        ],
+    )
+    assert probe(spec.space_for("leaky-reset", "broad"))["leak"].high == 0.99
+    assert probe(spec.space_for("leaky-reset", "base"))["leak"].high == 0.95
+    assert probe(spec.space_for("feedforward", "broad"))["learning_rate"].high == 10.0
+    assert spec.space_name("leaky-reset", "broad") == "inline"
+    assert StudySpec.from_dict(json.loads(spec.to_json())) == spec
+
+
+def test_a_variant_applies_only_to_the_data_sets_it_names() -> None:
+    spec = load_spec(
+        "smoke",
+        [
+            "datasets=[{name='synthetic-categories'}, {name='mnist', train_per_category=5}]",
+            "variants=[{name='base'}, {name='noisy', dataset={noise=1.0}, "
+            "datasets=['synthetic-categories']}]",
+        ],
+    )
+    variants = collections.defaultdict(set)
+    for cell in expand(spec):
+        variants[cell.dataset_label].add(cell.variant)
+        if cell.variant == "noisy":
+            assert cell.base.dataset.noise == 1.0
+    assert variants == {"synthetic-categories": {"base", "noisy"}, "mnist": {"base"}}
+    assert StudySpec.from_dict(json.loads(spec.to_json())) == spec
+    assert spec.variant("noisy").overrides() == {"dataset.noise": 1.0}
+
+
+def test_a_data_set_field_override_on_a_data_set_without_it_is_rejected() -> None:
+    with pytest.raises(SpecError) as caught:
+        load_spec(
+            "smoke",
+            [
+                "datasets=[{name='synthetic-categories'}, {name='mnist'}]",
+                "variants=[{name='noisy', dataset={noise=1.0}}]",
+            ],
+        )
+    message = str(caught.value)
+    assert message.startswith("variants.noisy.dataset.noise=1.0 is invalid"), message
+    assert "mnist ignores noise" in message and "variants.noisy.datasets" in message
+
+
+@pytest.mark.parametrize("name", sorted(DATASET_USES))
+def test_dataset_uses_lists_exactly_the_fields_each_loader_reads(
+    name: str, real_data_dir: Path
+) -> None:
+    from trainables.data import load_dataset
+
+    changed = {
+        "categories": 3,
+        "features": 12,
+        "train_per_category": 7,
+        "test_per_category": 6,
+        "noise": 0.1,
+        "template": "binary",
+        "seed": 5,
+        "switch_periods": (2, 4, 6),
+        "features_per_group": 3,
+        "stream_length": 50,
+        "test_stream_length": 30,
+        "parts": 3,
+        "run_length": 2,
+    }
+    small = {"train_per_category": 8, "test_per_category": 5, "stream_length": 40}
+    data_dir = str(real_data_dir) if name in ("mnist", "fashion-mnist") else None
+    base = DatasetConfig(name=name, data_dir=data_dir, **small)
+    reference = load_dataset(base)
+    for key, value in changed.items():
+        other = load_dataset(dataclasses.replace(base, **{key: value}))
+        same = all(
+            np.array_equal(getattr(reference, part), getattr(other, part))
+            for part in ("train_x", "train_y", "test_x", "test_y")
+        )
+        assert same == (key not in DATASET_USES[name]), (name, key)
+    # data_dir: where the IDX files are, so only the IDX data sets read it
+    assert ("data_dir" in DATASET_USES[name]) == (name in ("mnist", "fashion-mnist"))
+
+
+def test_bad_variant_restrictions_give_one_message() -> None:
+    cases = [
+        (["variants=[{name='a', datasets=['mnist']}]"], "variants.a.datasets", "study's data"),
+        (["variants=[{name='a', datasets=['synthetic-categories', 'synthetic-categories']}]"],
+         "variants.a.datasets", "at most once"),
+        (["variants=[{name='a', search_space={lstmm='feedforward'}}]"],
+         "variants.a.search_space", "did you mean 'lstm'"),
+        (["variants=[{name='a', search_space={leaky='nope'}}]"],
+         "variants.a.search_space.leaky", "one of"),
+        (["variants=[{name='a', learning_rate=0.1, search_space={leaky='leaky'}}]"],
+         "variants.a.search_space.leaky", "fixes (variants.a.learning_rate)"),
+        (["variants=[{name='a', datasets=3}]"], "variants.a.datasets", "a list"),
+        (
+            [
+                "datasets=[{name='synthetic-categories'}, {name='mnist'}]",
+                "variants=[{name='a', datasets=['synthetic-categories']}]",
+            ],
+            "datasets[1]",
+            "some variant applies to",
+        ),
+    ]
+    for overrides, field_name, allowed in cases:
+        with pytest.raises(SpecError) as caught:
+            load_spec("smoke", overrides)
+        message = str(caught.value)
+        assert message.startswith(field_name) and allowed in message, message
+        assert "\n" not in message
 
 
 def test_test_ordering_none_means_the_training_ordering() -> None:
@@ -382,3 +539,16 @@ def test_bad_autoencoder_settings_give_one_message(
     message = str(caught.value)
     assert message.startswith(field) and allowed in message, message
     assert "\n" not in message
+
+
+def test_set_reaches_a_variant_whose_name_has_dots() -> None:
+    spec = load_spec(
+        "smoke",
+        [
+            "variants=[{name='lr-0.1', learning_rate=0.1}, {name='lr-0.01'}]",
+            "variants.lr-0.1.learning_rate=0.2",
+            "variants.lr-0.01.dataset.noise=0.3",
+        ],
+    )
+    assert spec.variant("lr-0.1").network == {"learning_rate": 0.2}
+    assert spec.variant("lr-0.01").dataset == {"noise": 0.3}

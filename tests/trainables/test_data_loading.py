@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.services import shared_data_dir
 from trainables.config import DatasetConfig
 from trainables.data import DATA_DIR_ENV, DataError, Dataset, load_dataset
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+SHARED_DATA = shared_data_dir() or Path("shared/data (not found)")
 needs_real_data = pytest.mark.skipif(
-    not (SHARED_DATA / "mnist").is_dir() or not (SHARED_DATA / "fashion-mnist").is_dir(),
-    reason=f"real IDX files not found in {SHARED_DATA} (the checkout's ../shared/data)",
+    shared_data_dir() is None,
+    reason="real IDX files not found: set STUDY_DATA_DIR or use a checkout next to shared/data",
 )
 MNIST_TRAIN_HISTOGRAM = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 
