@@ -58,7 +58,10 @@ from trainables.models import MEMORIES, MemoryParams, threshold_resets, unit_gro
 from trainables.orderings import category_changes, epoch_order, make_ordering
 
 CHUNK_STEPS = 256
-"""Steps whose inputs are gathered at once (bounds memory: R x L x I floats)."""
+"""Most steps whose inputs are gathered at once."""
+CHUNK_VALUES = 1 << 18
+"""Most input values gathered at once (L x R x I <= this, at least one step: 16 MiB of float32),
+so a 784-input net at R = 1024 does not gather 256 steps (800 MiB) per chunk."""
 
 
 @dataclass
@@ -231,7 +234,7 @@ class TrialRun:
             config.feature_groups,
         )
         self._order = torch.as_tensor(order, device=self.device)
-        self._keep = self._keep_mask(order, self.data.train_x, self.data.train_y)  # [R, T, 1|G]
+        self._keep = self._keep_mask(order, self.data.train_x, self.data.train_y)  # [T, R, 1|G]
 
         # --- R networks: Xavier-uniform weights, zero biases, one generator per replicate -------
         sizes = [self.data.num_features, *config.hidden, num_outputs]
@@ -252,13 +255,12 @@ class TrialRun:
         else:
             for fan_in, fan_out in itertools.pairwise(sizes):
                 bound = math.sqrt(6.0 / (fan_in + fan_out))
-                # RNG draw in float64 on CPU, so init is identical for every dtype and device
-                w = torch.stack([
-                    (torch.rand(fan_out, fan_in, generator=g, dtype=torch.float64) * 2 - 1)
-                    * bound
-                    for g in generators
-                ])
-                self.weights.append(w.to(self.dtype).to(self.device))
+                w = torch.empty(r, fan_out, fan_in, dtype=self.dtype, device=self.device)
+                for replicate, g in enumerate(generators):  # one replicate at a time: peak memory
+                    # RNG draw in float64 on CPU, so init is identical for every dtype and device
+                    draw = torch.rand(fan_out, fan_in, generator=g, dtype=torch.float64)
+                    w[replicate] = (draw * 2 - 1) * bound
+                self.weights.append(w)
                 self.biases.append(torch.zeros(r, fan_out, dtype=self.dtype, device=self.device))
         self._unit_leak = [
             as_tensor(memory.layer_leak(self._memory_params, size)) for size in config.hidden
@@ -285,6 +287,7 @@ class TrialRun:
             [zeros(p) for p in params] if config.optimizer == "rmsprop" and config.momentum else []
         )
         self._pending = 0  # samples in the gradient buffers
+        self._chunk_steps = max(1, min(CHUNK_STEPS, CHUNK_VALUES // (r * self.data.num_features)))
         streamed = config.test_protocol == "streamed"
         self._test_streams = self._test_stream_order() if streamed else None
 
@@ -302,7 +305,8 @@ class TrialRun:
     def _keep_mask(
         self, order: np.ndarray, inputs: np.ndarray, labels: np.ndarray
     ) -> torch.Tensor | None:
-        """1 keeps memory, 0 resets: [R, T, 1] (whole layer) or [R, T, G] (unit groups); None."""
+        """1 keeps memory, 0 resets, step-major: [T, R, 1] (whole layer) or [T, R, G] (unit
+        groups); None when the model never resets. ``order`` is [R, T]."""
         x = torch.as_tensor(inputs, dtype=self.dtype, device=self.device)
         order_t = torch.as_tensor(order, device=self.device)
 
@@ -326,22 +330,28 @@ class TrialRun:
         )
         if resets is None:
             return None
-        keep = ~np.asarray(resets, dtype=bool)
+        keep = ~np.asarray(resets, dtype=bool)  # [R, T] or [R, T, G]
         keep = keep[:, :, None] if keep.ndim == 2 else keep
+        keep = np.ascontiguousarray(keep.transpose(1, 0, 2))  # [T, R, 1|G]: step j contiguous
         return torch.as_tensor(keep, dtype=self.dtype, device=self.device)
 
-    def _leaks(self, keep: torch.Tensor | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """a and 1 - a of each hidden layer over a stretch of steps: [R, L, H] (or [R, 1, H])."""
+    def _leaks(
+        self, keep: torch.Tensor | None, steps: int
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """a and 1 - a of each hidden layer on each of ``steps`` steps: [L, R, H] per layer.
+
+        ``keep`` [L, R, 1|G] (None: never reset, the base leaks expanded without a copy).
+        """
         if keep is None:
-            gains = [g[:, None] for g in self._one_minus_leak]
-            return [a[:, None] for a in self._unit_leak], gains
+            expand = lambda t: t.expand(steps, -1, -1)  # noqa: E731  [R, H] -> [L, R, H] view
+            return [expand(a) for a in self._unit_leak], [expand(g) for g in self._one_minus_leak]
         leaks = []
         for a in self._unit_leak:
             if keep.shape[2] == 1:
-                leaks.append(a[:, None, :] * keep)  # a = 0 on a reset step
+                leaks.append(a * keep)  # [R, H] * [L, R, 1] -> [L, R, H]; a = 0 on a reset step
             else:  # per-group resets: unit group g follows keep[..., g]
                 index = torch.as_tensor(unit_groups(a.shape[1], keep.shape[2]), device=a.device)
-                leaks.append(a[:, None, :] * keep[:, :, index])
+                leaks.append(a * keep[:, :, index])  # [L, R, H]
         return leaks, [1 - a for a in leaks]
 
     # ------------------------------------------------------------------------------------------
@@ -368,7 +378,8 @@ class TrialRun:
         inputs, pres = [x], []
         for layer in range(depth):
             pre = _linear(weights[layer], biases[layer], inputs[-1])  # [R, H]
-            h = torch.lerp(torch.relu(pre), hidden[layer], leaks[layer])  # a*H(n-1) + (1-a)*ReLU
+            # a H(n-1) + (1 - a) ReLU(pre), in the fresh ReLU tensor (lerp_: r + a (H(n-1) - r))
+            h = torch.relu(pre).lerp_(hidden[layer], leaks[layer])
             hidden[layer] = h
             inputs.append(h)
             pres.append(pre)
@@ -384,31 +395,33 @@ class TrialRun:
         depth = len(hidden)
         r = len(self.replicate_ids)
         while self.step < stop:
-            start, end = self.step, min(stop, self.step + CHUNK_STEPS)
-            items = self._order[:, start:end].reshape(-1)  # [R * L]
-            chunk_x = self._train_x.index_select(0, items).view(r, end - start, -1)  # [R, L, I]
-            chunk_t = self._targets.index_select(0, items).view(r, end - start, -1)  # [R, L, O]
-            keep = None if self._keep is None else self._keep[:, start:end]  # [R, L, 1|G]
-            chunk_a, chunk_gain = self._leaks(keep)  # a and 1 - a, [R, L or 1, H]
-            per_step = keep is not None
-            for j in range(end - start):
+            start, end = self.step, min(stop, self.step + self._chunk_steps)
+            steps = end - start
+            # step-major gather: chunk_x[j] is one contiguous [R, I] block (slicing step j out of
+            # an [R, L, I] chunk strides over R rows: about 1.5x slower on 16-8-4 at R = 1024)
+            items = self._order[:, start:end].T.reshape(-1)  # [L * R]
+            chunk_x = self._train_x.index_select(0, items).view(steps, r, -1)  # [L, R, I]
+            chunk_t = self._targets.index_select(0, items).view(steps, r, -1)  # [L, R, O]
+            keep = None if self._keep is None else self._keep[start:end]  # [L, R, 1|G]
+            chunk_a, chunk_gain = self._leaks(keep, steps)  # a and 1 - a, [L, R, H] per layer
+            for j in range(steps):
                 # ===== forward: leaky hidden layers, H = a H(n-1) + (1 - a) ReLU(W x + b) ========
-                leaks = [a[:, j if per_step else 0] for a in chunk_a]
-                inputs, pres, z = self._forward(chunk_x[:, j], leaks, hidden)
+                inputs, pres, z = self._forward(chunk_x[j], [a[j] for a in chunk_a], hidden)
                 # ===== backward, by hand: H(n-1) is a constant (no gradient through time) ========
-                delta = self._output_grad(z, chunk_t[:, j])  # dL/dz, [R, O]
+                delta = self._output_grad(z, chunk_t[j])  # dL/dz, [R, O] (a fresh tensor)
                 if self._fused:
-                    delta = delta * self._lr  # lr * dL/dz
+                    delta.mul_(self._lr)  # lr * dL/dz
                 for layer in range(depth, -1, -1):
                     if layer < depth:
                         # dL/dpre = dL/dH * ReLU'(pre) * (1 - a)   [leak-scaled]
                         #         = dL/dH * ReLU'(pre)             [leak-unscaled]
-                        grad_h = delta
+                        # threshold_backward is autograd's own ReLU' (dL/dH where pre > 0, else
+                        # 0); torch.where with a scalar 0 costs about 8x more at R = 1024
+                        delta = torch.ops.aten.threshold_backward(delta, pres[layer], 0)  # [R, H]
                         if self._scaled:
-                            grad_h = grad_h * chunk_gain[layer][:, j if per_step else 0]
-                        delta = torch.where(pres[layer] > 0, grad_h, 0.0)  # [R, H]
-                    if layer > 0:
-                        back = torch.bmm(delta[:, None, :], weights[layer])[:, 0, :]  # W^T delta
+                            delta.mul_(chunk_gain[layer][j])
+                    if layer > 0:  # W^T delta with the weights before this step's update
+                        back = torch.bmm(delta[:, None, :], weights[layer])[:, 0, :]  # [R, in]
                     if self._fused:
                         # SGD: W -= lr * delta (x) input, one batched outer product
                         weights[layer].addcmul_(
@@ -485,16 +498,15 @@ class TrialRun:
         memory, no learning. Returns logits [R, N, O] and, if ``record``, first-layer H [R, N, H].
         """
         r, n = order.shape
-        x = self._test_x.index_select(0, order.reshape(-1)).view(r, n, -1)
         if self._recurrent is not None:  # lstm: from the zero state, state carried, no resets
+            x = self._test_x.index_select(0, order.reshape(-1)).view(r, n, -1)  # [R, N, I]
             return self._recurrent.stream(self.weights, self.biases, x, record)
+        x = self._test_x.index_select(0, order.T.reshape(-1)).view(n, r, -1)  # [N, R, I]
         hidden = [torch.zeros_like(h) for h in self._hidden]
-        chunk_a, _ = self._leaks(keep)
-        per_step = keep is not None
+        leaks, _ = self._leaks(keep, n)  # [N, R, H] per layer
         outputs, states = [], []
         for j in range(n):
-            leaks = [a[:, j if per_step else 0] for a in chunk_a]
-            _, _, z = self._forward(x[:, j], leaks, hidden)
+            _, _, z = self._forward(x[j], [a[j] for a in leaks], hidden)
             outputs.append(z)
             if record:
                 states.append(hidden[0])
@@ -650,9 +662,10 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.
     """W x + b per replicate: [R, O, I], [R, O], [R, I] -> [R, O].
 
     Written as the row vector x^T W^T: on CPU, bmm with a column vector on the right takes a
-    slow path (about 13x slower for 8 x 392 x 784, measured with torch 2.13).
+    slow path (about 13x slower for 8 x 392 x 784, measured with torch 2.13). bmm then add_
+    is faster than baddbmm for small layers (about 1.3x on 16 x 8 at R = 1024).
     """
-    return torch.baddbmm(bias[:, None, :], x[:, None, :], weight.transpose(1, 2))[:, 0, :]
+    return torch.bmm(x[:, None, :], weight.transpose(1, 2))[:, 0, :].add_(bias)  # [R, 1, O]
 
 
 def _group_loss(z: torch.Tensor, targets: torch.Tensor, groups: int) -> np.ndarray:
@@ -682,7 +695,8 @@ def _output_gradient(output: str, loss: str, num_outputs: int) -> Any:
 
     def sigmoid_mse(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         y = torch.sigmoid(z)
-        return (2 * scale) * (y - t) * y * (1 - y)
+        # dL/dy * y (1 - y); sigmoid_backward is autograd's own kernel for that product
+        return torch.ops.aten.sigmoid_backward((y - t).mul_(2 * scale), y)
 
     def softmax_mse(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         y = torch.softmax(z, dim=1)
