@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from trainables.config import DatasetConfig, TrialConfig
+
+# As in every trial (tune_adapter): these tensors are tiny, and intra-op threads only add
+# overhead (torch's BCE-with-logits on 3 values: about 8x slower with 2 threads, loaded machine).
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Data sets, ordering, protocols and metrics of issue 3 (models: test_reference_extended)."""
+"""Data sets, ordering, protocols and metrics of issue 3 (models: test_engine_reference)."""
 
 from __future__ import annotations
 

@@ -7,12 +7,10 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from reference import VARIANTS
 
-from trainables.config import TrialConfig
+from trainables.config import DatasetConfig, TrialConfig
 from trainables.engine import TrialResult, TrialRun, eval_schedule, run_trial
-
-LEARNING_RATES = [0.01, 0.03, 0.05, 0.08, 0.12]
-LEAKS = [0.0, 0.3, 0.5, 0.7, 0.95]
 
 
 def _assert_same_result(a: TrialResult, b: TrialResult) -> None:
@@ -25,37 +23,59 @@ def _assert_same_result(a: TrialResult, b: TrialResult) -> None:
         np.testing.assert_array_equal(a.per_replicate[key], b.per_replicate[key])
 
 
-@pytest.mark.parametrize(
-    ("model", "ordering", "gradient"),
-    [("leaky", "random", "leak-scaled"), ("leaky-reset", "reps-3", "leak-unscaled")],
-)
-def test_replicate_of_batched_run_equals_run_alone(
-    tiny_config: TrialConfig, model: str, ordering: str, gradient: str
-) -> None:
-    """Replicate r of an R=5 run with per-replicate lr/leak equals replicate r trained alone."""
-    config = tiny_config.replace(model=model, ordering=ordering, gradient=gradient, replicates=5)
-    batched = TrialRun(config, learning_rate=LEARNING_RATES, leak=LEAKS)
+# every variant of the leaky network, plus an autoencoder, RMSprop with minibatches and the
+# streamed test protocol; gradient conventions alternate
+REPLICATE_CASES = {
+    name: {**settings, "gradient": ("leak-scaled", "leak-unscaled")[i % 2]}
+    for i, (name, settings) in enumerate(VARIANTS.items())
+}
+REPLICATE_CASES.update({
+    "reconstruct-multiscale-reset-group": dict(
+        model="multiscale-reset", reset_scope="group", task="reconstruct", ordering="stream",
+        dataset=DatasetConfig(name="multiscale-stream", stream_length=150, noise=0.2),
+    ),
+    "rmsprop-minibatch": dict(model="minibatch", batch_size=4, optimizer="rmsprop",
+                              learning_rate=0.003, momentum=0.5),
+    "streamed-leaky-reset": dict(model="leaky-reset", test_protocol="streamed",
+                                 test_ordering="reps-2"),
+})
+LEARNING_RATES = [0.01, 0.03, 0.05, 0.12]
+LEAKS = [0.0, 0.3, 0.7, 0.95]
+THRESHOLDS = [0.3, 0.6, 0.9, 1.5]
+GROUP_LEAKS = [[0.0, 0.3, 0.6], [0.6, 0.3, 0.0], [0.2, 0.2, 0.2], [0.5, 0.1, 0.9]]
+
+
+@pytest.mark.parametrize("name", list(REPLICATE_CASES))
+def test_replicate_of_batched_run_equals_run_alone(tiny_config: TrialConfig, name: str) -> None:
+    """Replicate r of an R=4 run with per-replicate settings (learning rate, leak, threshold,
+    group leaks) equals replicate r trained alone: weights, biases and every test curve."""
+    config = tiny_config.replace(**REPLICATE_CASES[name], replicates=4)
+    batched = TrialRun(config, learning_rate=LEARNING_RATES, leak=LEAKS,
+                       reset_threshold=THRESHOLDS, group_leaks=GROUP_LEAKS)
     batched_result = (list(batched), batched.result())[1]
-    for r in range(5):
+    for r in range(4):
         alone = TrialRun(
             config.replace(replicates=1),
             replicate_ids=[r],
             learning_rate=[LEARNING_RATES[r]],
             leak=[LEAKS[r]],
+            reset_threshold=[THRESHOLDS[r]],
+            group_leaks=[GROUP_LEAKS[r]],
         )
         alone_result = (list(alone), alone.result())[1]
         for mine, theirs in zip(
             [*batched.weights, *batched.biases], [*alone.weights, *alone.biases], strict=True
         ):
             np.testing.assert_allclose(mine[r].numpy(), theirs[0].numpy(), rtol=0, atol=1e-12)
-        np.testing.assert_allclose(
-            batched_result.test_loss[r], alone_result.test_loss[0], rtol=0, atol=1e-12
-        )
-        np.testing.assert_allclose(
-            batched_result.test_accuracy[r], alone_result.test_accuracy[0], rtol=0, atol=1e-12
-        )
+        curves = ["test_loss", "test_accuracy"] + (["group_loss"] if config.task == "reconstruct"
+                                                   else [])
+        for curve in curves:
+            np.testing.assert_allclose(
+                getattr(batched_result, curve)[r], getattr(alone_result, curve)[0],
+                rtol=0, atol=1e-12, err_msg=curve,
+            )
     # the per-replicate settings took effect: replicates ended in different places
-    assert len({round(float(loss), 9) for loss in batched_result.test_loss[:, -1]}) == 5
+    assert len({round(float(loss), 9) for loss in batched_result.test_loss[:, -1]}) == 4
 
 
 def test_per_replicate_settings_change_the_run(tiny_config: TrialConfig) -> None:
