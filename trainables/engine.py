@@ -584,7 +584,8 @@ class TrialRun:
             )
         result.timescale_r2 = self.timescale_correlations()
         if result.timescale_r2 is not None:
-            result.per_replicate.update(timescale_metrics(result.timescale_r2))
+            first_layer_leak = self._unit_leak[0].double().cpu().numpy()  # [R, H], memory order
+            result.per_replicate.update(timescale_metrics(result.timescale_r2, first_layer_leak))
         result.summary = summarize(result.per_replicate)
         if self._train_seconds > 0:
             replicate_samples = self.config.replicates * int(samples[-1])
