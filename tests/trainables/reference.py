@@ -139,7 +139,8 @@ def item_loss(
     return nn.BCEWithLogitsLoss()(z, target)
 
 
-def _target(config: TrialConfig, data: Dataset, x: np.ndarray, label: int) -> torch.Tensor:
+def item_target(config: TrialConfig, data: Dataset, x: np.ndarray, label: int) -> torch.Tensor:
+    """Target [O] of one item: its one-hot label, or (reconstruct) its input ``x``."""
     if config.task == "reconstruct":
         return torch.as_tensor(x, dtype=torch.float64)
     return nn.functional.one_hot(torch.tensor(label), data.num_classes).to(torch.float64)
@@ -154,7 +155,7 @@ def evaluate(
     with torch.no_grad():
         for x, label in zip(data.test_x, data.test_y, strict=True):
             z = net.isolated_forward(torch.as_tensor(x, dtype=torch.float64))
-            target = _target(config, data, x, int(label))
+            target = item_target(config, data, x, int(label))
             losses.append(float(item_loss(z, target, int(label), config)))
             correct += int(int(torch.argmax(z)) == int(label))
             squared.append(((torch.sigmoid(z) - target) ** 2).numpy())
@@ -249,7 +250,7 @@ def train_reference(
         leaks = [torch.as_tensor(a * keep) for a, keep in zip(base, keeps, strict=True)]
         previous_x, previous_label = x, label
         z = net.step_forward(torch.as_tensor(x), leaks)
-        item_loss(z, _target(config, data, x, label), label, config).backward()  # grads add up
+        item_loss(z, item_target(config, data, x, label), label, config).backward()  # grads add up
         pending += 1
         if pending == config.batch_size or n == len(order) - 1:
             for p in net.parameters():

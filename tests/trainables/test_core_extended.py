@@ -70,6 +70,8 @@ def test_autoencoder_reports_group_losses_and_timescale_metrics() -> None:
     for key in ("timescale_selectivity", "timescale_selectivity_best",
                 "test_loss_auc_group0", "final_test_loss_group2", "timescale_r2_unit2_latent2"):
         assert key in result.summary and key in result.per_replicate
+    for key in ("samples_to_target", "target_reached", "final_test_accuracy", "test_error_auc"):
+        assert key not in result.per_replicate and key not in result.summary  # no accuracy
     best = result.per_replicate["timescale_selectivity_best"]
     assert np.all(best >= result.per_replicate["timescale_selectivity"] - 1e-12)
 
