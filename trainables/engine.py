@@ -481,7 +481,7 @@ class TrialRun:
 
     # ------------------------------------------------------------------------------------------
     def _test_stream_order(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Streamed protocol: test item order per replicate [R, N] and its keep mask."""
+        """Streamed protocol: test item order per replicate [R, N], its keep mask [N, R, 1|G]."""
         name = self.config.test_ordering or self.config.ordering
         ordering = make_ordering(name)
         # seed (seed, replicate, 7): its own stream, the same in every model (paired)
@@ -495,8 +495,9 @@ class TrialRun:
     def _stream_hidden(
         self, order: torch.Tensor, keep: torch.Tensor | None, record: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Run test items through every replicate in ``order`` [R, N] with memory, from a cleared
-        memory, no learning. Returns logits [R, N, O] and, if ``record``, first-layer H [R, N, H].
+        """Run test items through every replicate in ``order`` [R, N] with memory (resets from
+        ``keep`` [N, R, 1|G]), from a cleared memory, no learning. Returns logits [R, N, O] and,
+        if ``record``, first-layer H [R, N, H].
         """
         r, n = order.shape
         if self._recurrent is not None:  # lstm: from the zero state, state carried, no resets
