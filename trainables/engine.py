@@ -4,6 +4,8 @@ Read top to bottom: resolve the config, build data and orderings, initialise R n
 per-sample loop (forward with leaky memory, hand-written backward, SGD update), evaluation, and
 the result. Per-sample SGD cannot be batched over time, so the engine batches over replicates:
 every weight carries a leading replicate axis and one step updates all R networks at once.
+Many replicates of small nets are stored with that axis innermost in memory (same shapes and
+numbers, faster: see ``_replicate_minor``).
 
 Shape letters: R replicates, T stream length, L chunk of steps, N test items, I inputs,
 H hidden units of a layer, O outputs, G groups (of hidden units / input features).
@@ -57,6 +59,10 @@ from trainables.metrics import (
 from trainables.models import MEMORIES, MemoryParams, threshold_resets, unit_groups
 from trainables.orderings import category_changes, epoch_order, make_ordering
 
+REPLICATE_MINOR_REPLICATES = 256
+"""Runs of at least this many replicates of nets with at most REPLICATE_MINOR_WEIGHTS weights
+(in x out) per layer store the replicate axis innermost (see ``TrialRun._replicate_minor``)."""
+REPLICATE_MINOR_WEIGHTS = 4096
 CHUNK_STEPS = 256
 """Most steps whose inputs are gathered at once."""
 CHUNK_VALUES = 1 << 18
@@ -234,11 +240,33 @@ class TrialRun:
             self.leak, self.group_leaks, self.reset_threshold, config.reset_scope,
             config.feature_groups,
         )
-        self._order = torch.as_tensor(order, device=self.device)
+        # step-major [T, R], so a chunk of steps is one contiguous block of item indices
+        self._order = torch.as_tensor(np.ascontiguousarray(order.T), device=self.device)
         self._keep = self._keep_mask(order, self.data.train_x, self.data.train_y)  # [T, R, 1|G]
 
         # --- R networks: Xavier-uniform weights, zero biases, one generator per replicate -------
         sizes = [self.data.num_features, *config.hidden, num_outputs]
+        # Memory layout of the replicate axis (speed only; shapes and numbers do not depend on
+        # it). Replicate-major (contiguous [R, out, in]) suits wide layers: one bmm per step.
+        # Many replicates of narrow layers are faster replicate-minor (R has stride 1): every
+        # product and update is then an elementwise op along R, where bmm would loop over R
+        # tiny matrices (16-8-4 at R = 1024: about 1.5x; 784-392-10 at R = 8: 3-4x slower).
+        self._replicate_minor = (
+            config.model != "lstm"
+            and r >= REPLICATE_MINOR_REPLICATES
+            and max(i * o for i, o in itertools.pairwise(sizes)) <= REPLICATE_MINOR_WEIGHTS
+        )
+        self._linear, self._linear_t = (
+            (_linear_replicate_minor, _linear_t_replicate_minor)
+            if self._replicate_minor
+            else (_linear, _linear_t)
+        )
+        # what _gather reads per chunk: [N, F] rows, or feature-major [F, N] when replicate-minor
+        source = (lambda t: t.T.contiguous()) if self._replicate_minor else (lambda t: t)
+        self._sources = {
+            "train": source(self._train_x), "targets": source(self._targets),
+            "test": source(self._test_x),
+        }
         self.weights: list[torch.Tensor] = []  # layer l: [R, out, in]
         self.biases: list[torch.Tensor] = []  # layer l: [R, out]
         generators = [
@@ -256,22 +284,27 @@ class TrialRun:
         else:
             for fan_in, fan_out in itertools.pairwise(sizes):
                 bound = math.sqrt(6.0 / (fan_in + fan_out))
-                w = torch.empty(r, fan_out, fan_in, dtype=self.dtype, device=self.device)
+                w = self._layout(torch.empty(r, fan_out, fan_in, dtype=self.dtype), axis=0)
                 for replicate, g in enumerate(generators):  # one replicate at a time: peak memory
                     # RNG draw in float64 on CPU, so init is identical for every dtype and device
                     draw = torch.rand(fan_out, fan_in, generator=g, dtype=torch.float64)
                     w[replicate] = (draw * 2 - 1) * bound
-                self.weights.append(w)
-                self.biases.append(torch.zeros(r, fan_out, dtype=self.dtype, device=self.device))
+                self.weights.append(w.to(self.device))
+                self.biases.append(
+                    self._layout(torch.zeros(r, fan_out, dtype=self.dtype, device=self.device))
+                )
         self._unit_leak = [
-            as_tensor(memory.layer_leak(self._memory_params, size)) for size in config.hidden
+            self._layout(as_tensor(memory.layer_leak(self._memory_params, size)))
+            for size in config.hidden
         ]  # [R, H] per layer
         self._one_minus_leak = [1 - a for a in self._unit_leak]  # (1 - a) when never reset
         if self._recurrent is not None:  # lstm: rings of the last K (h, c) of each layer
             self._hidden = self._recurrent.init_state(r, self.dtype, self.device)  # [K, R, H]
         else:
-            self._hidden = [torch.zeros(r, size, dtype=self.dtype, device=self.device)
-                            for size in config.hidden]  # H(n-1) of each hidden layer, [R, H]
+            self._hidden = [
+                self._layout(torch.zeros(r, size, dtype=self.dtype, device=self.device))
+                for size in config.hidden
+            ]  # H(n-1) of each hidden layer, [R, H]
         self._lr = as_tensor(self.learning_rate)[:, None]  # [R, 1]
         self._scaled = config.gradient == "leak-scaled"
         self._output_grad = _output_gradient(config.output, config.loss, num_outputs)
@@ -303,6 +336,24 @@ class TrialRun:
         self._seconds = 0.0
 
     # ------------------------------------------------------------------------------------------
+    def _gather(self, source: str, items: torch.Tensor, steps: int) -> torch.Tensor:
+        """Rows ``items`` [L * R] (step-major) of a data tensor as [L, R, F] in this run's layout.
+
+        Replicate-minor runs gather from a feature-major copy [F, N] along N, which puts R
+        innermost at once; transposing an [L, R, F] gather instead costs about 30x more.
+        """
+        rows, r = self._sources[source], len(self.replicate_ids)
+        if self._replicate_minor:
+            return rows.index_select(1, items).view(-1, steps, r).permute(1, 2, 0)  # [F, L, R]
+        return rows.index_select(0, items).view(steps, r, -1)
+
+    def _layout(self, t: torch.Tensor, axis: int = -2) -> torch.Tensor:
+        """``t`` with its replicate axis ``axis`` laid out as this run stores it: stride 1 when
+        replicate-minor (a copy if it is not), else contiguous. Same shape and values."""
+        if not self._replicate_minor:
+            return t.contiguous()
+        return t.movedim(axis, -1).contiguous().movedim(-1, axis)
+
     def _keep_mask(
         self, order: np.ndarray, inputs: np.ndarray, labels: np.ndarray
     ) -> torch.Tensor | None:
@@ -349,10 +400,11 @@ class TrialRun:
         leaks = []
         for a in self._unit_leak:
             if keep.shape[2] == 1:
-                leaks.append(a * keep)  # [R, H] * [L, R, 1] -> [L, R, H]; a = 0 on a reset step
+                leak = a * keep  # [R, H] * [L, R, 1] -> [L, R, H]; a = 0 on a reset step
             else:  # per-group resets: unit group g follows keep[..., g]
                 index = torch.as_tensor(unit_groups(a.shape[1], keep.shape[2]), device=a.device)
-                leaks.append(a * keep[:, :, index])  # [L, R, H]
+                leak = a * keep[:, :, index]  # [L, R, H]
+            leaks.append(self._layout(leak))
         return leaks, [1 - a for a in leaks]
 
     # ------------------------------------------------------------------------------------------
@@ -378,13 +430,13 @@ class TrialRun:
         depth = len(hidden)
         inputs, pres = [x], []
         for layer in range(depth):
-            pre = _linear(weights[layer], biases[layer], inputs[-1])  # [R, H]
+            pre = self._linear(weights[layer], biases[layer], inputs[-1])  # [R, H]
             # a H(n-1) + (1 - a) ReLU(pre), in the fresh ReLU tensor (lerp_: r + a (H(n-1) - r))
             h = torch.relu(pre).lerp_(hidden[layer], leaks[layer])
             hidden[layer] = h
             inputs.append(h)
             pres.append(pre)
-        return inputs, pres, _linear(weights[depth], biases[depth], inputs[-1])  # z [R, O]
+        return inputs, pres, self._linear(weights[depth], biases[depth], inputs[-1])  # z [R, O]
 
     @torch.no_grad()
     def _train_until(self, stop: int) -> None:
@@ -394,15 +446,14 @@ class TrialRun:
             return
         weights, biases, hidden = self.weights, self.biases, self._hidden
         depth = len(hidden)
-        r = len(self.replicate_ids)
         while self.step < stop:
             start, end = self.step, min(stop, self.step + self._chunk_steps)
             steps = end - start
             # step-major gather: chunk_x[j] is one contiguous [R, I] block (slicing step j out of
             # an [R, L, I] chunk strides over R rows: about 1.5x slower on 16-8-4 at R = 1024)
-            items = self._order[:, start:end].T.reshape(-1)  # [L * R]
-            chunk_x = self._train_x.index_select(0, items).view(steps, r, -1)  # [L, R, I]
-            chunk_t = self._targets.index_select(0, items).view(steps, r, -1)  # [L, R, O]
+            items = self._order[start:end].reshape(-1)  # [L * R], a view
+            chunk_x = self._gather("train", items, steps)  # [L, R, I]
+            chunk_t = self._gather("targets", items, steps)  # [L, R, O]
             keep = None if self._keep is None else self._keep[start:end]  # [L, R, 1|G]
             chunk_a, chunk_gain = self._leaks(keep, steps)  # a and 1 - a, [L, R, H] per layer
             for j in range(steps):
@@ -422,7 +473,7 @@ class TrialRun:
                         if self._scaled:
                             delta.mul_(chunk_gain[layer][j])
                     if layer > 0:  # W^T delta with the weights before this step's update
-                        back = torch.bmm(delta[:, None, :], weights[layer])[:, 0, :]  # [R, in]
+                        back = self._linear_t(weights[layer], delta)  # [R, in]
                     if self._fused:
                         # SGD: W -= lr * delta (x) input, one batched outer product
                         weights[layer].addcmul_(
@@ -443,9 +494,9 @@ class TrialRun:
         net, r = self._recurrent, len(self.replicate_ids)
         while self.step < stop:
             n = self.step
-            window = self._order[:, max(n + 1 - net.window, 0) : n + 1]  # [R, L] items
+            window = self._order[max(n + 1 - net.window, 0) : n + 1].T  # [R, L] items
             x = self._train_x.index_select(0, window.reshape(-1)).view(r, window.shape[1], -1)
-            target = self._targets.index_select(0, self._order[:, n])  # [R, O]
+            target = self._targets.index_select(0, self._order[n])  # [R, O]
             grads = net.gradients(self.weights, self.biases, self._hidden, n, x, target)
             for buffer, grad in zip(self._grads, grads, strict=True):
                 buffer.add_(grad)
@@ -503,7 +554,7 @@ class TrialRun:
         if self._recurrent is not None:  # lstm: from the zero state, state carried, no resets
             x = self._test_x.index_select(0, order.reshape(-1)).view(r, n, -1)  # [R, N, I]
             return self._recurrent.stream(self.weights, self.biases, x, record)
-        x = self._test_x.index_select(0, order.T.reshape(-1)).view(n, r, -1)  # [N, R, I]
+        x = self._gather("test", order.T.reshape(-1), n)  # [N, R, I]
         hidden = [torch.zeros_like(h) for h in self._hidden]
         leaks, _ = self._leaks(keep, n)  # [N, R, H] per layer
         outputs, states = [], []
@@ -641,15 +692,18 @@ class TrialRun:
         if mismatch:
             key, theirs, mine = mismatch[0]
             raise ValueError(f"checkpoint {key} must equal this run's, got {theirs} vs {mine}")
-        put = lambda t: t.to(dtype=self.dtype, device=self.device).clone()  # noqa: E731
-        self.weights = [put(w) for w in state["weights"]]
-        self.biases = [put(b) for b in state["biases"]]
-        self._hidden = [put(h) for h in state["hidden"]]
+        # into new tensors laid out as this run's own (device, dtype, replicate layout)
+        put = lambda saved, mine: [  # noqa: E731
+            torch.empty_like(m).copy_(s) for s, m in zip(saved, mine, strict=True)
+        ]
+        self.weights = put(state["weights"], self.weights)
+        self.biases = put(state["biases"], self.biases)
+        self._hidden = put(state["hidden"], self._hidden)
         optimizer = state.get("optimizer")
         if optimizer is not None:
-            self._grads = [put(g) for g in optimizer["grads"]]
-            self._square_avg = [put(v) for v in optimizer["square_avg"]]
-            self._momentum_buf = [put(m) for m in optimizer["momentum_buf"]]
+            self._grads = put(optimizer["grads"], self._grads)
+            self._square_avg = put(optimizer["square_avg"], self._square_avg)
+            self._momentum_buf = put(optimizer["momentum_buf"], self._momentum_buf)
             self._pending = int(optimizer["pending"])
         self.step = int(state["step"])
         self._next_eval = int(state["next_eval"])
@@ -661,6 +715,9 @@ class TrialRun:
         self._seconds = float(state["seconds"])
 
 
+# ---------------------------------------------------------------------------------------------
+# batched layer products, one pair per replicate layout (TrialRun._replicate_minor)
+# ---------------------------------------------------------------------------------------------
 def _linear(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """W x + b per replicate: [R, O, I], [R, O], [R, I] -> [R, O].
 
@@ -669,6 +726,24 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor) -> torch.
     is faster than baddbmm for small layers (about 1.3x on 16 x 8 at R = 1024).
     """
     return torch.bmm(x[:, None, :], weight.transpose(1, 2))[:, 0, :].add_(bias)  # [R, 1, O]
+
+
+def _linear_t(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """W^T delta per replicate: [R, O, I], [R, O] -> [R, I] (the row vector delta^T W)."""
+    return torch.bmm(delta[:, None, :], weight)[:, 0, :]  # [R, 1, I]
+
+
+def _linear_replicate_minor(
+    weight: torch.Tensor, bias: torch.Tensor, x: torch.Tensor
+) -> torch.Tensor:
+    """:func:`_linear` for replicate-minor tensors: sum over I of [O, I, R] * [I, R] (views of
+    the storage, R innermost), so every operation runs along R."""
+    return (weight.permute(1, 2, 0) * x.T).sum(dim=1).T.add_(bias)  # [O, R] -> [R, O]
+
+
+def _linear_t_replicate_minor(weight: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """:func:`_linear_t` for replicate-minor tensors: sum over O of [O, I, R] * [O, 1, R]."""
+    return (weight.permute(1, 2, 0) * delta.T[:, None, :]).sum(dim=0).T  # [I, R] -> [R, I]
 
 
 def _group_loss(z: torch.Tensor, targets: torch.Tensor, groups: int) -> np.ndarray:

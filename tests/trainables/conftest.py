@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from trainables import engine
 from trainables.config import DatasetConfig, TrialConfig
 
 # As in every trial (tune_adapter): these tensors are tiny, and intra-op threads only add
@@ -29,3 +30,10 @@ def tiny_config() -> TrialConfig:
         eval_every=30,
         dtype="float64",
     )
+
+
+@pytest.fixture
+def replicate_minor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs of 2 or more replicates (of small nets) store the replicate axis innermost, the
+    layout the engine otherwise picks only from REPLICATE_MINOR_REPLICATES replicates on."""
+    monkeypatch.setattr(engine, "REPLICATE_MINOR_REPLICATES", 2)

@@ -79,6 +79,19 @@ def test_cuda_run_equals_cpu_run_in_float64(name: str) -> None:
                                    atol=1e-9, err_msg=key)
 
 
+@pytest.mark.parametrize("name", ["leaky-reset", "autoencoder"])
+def test_cuda_replicate_minor_layout_equals_cpu(name: str, replicate_minor: None) -> None:
+    """The layout of many replicates of small nets (replicate axis innermost) on CUDA too."""
+    config = CASES[name]
+    cpu = _train(config.replace(device="cpu"))
+    gpu = _train(config.replace(device="cuda"))
+    assert gpu.weights[0].is_cuda and gpu.weights[0].stride(0) == 1
+    for mine, theirs in zip([*gpu.weights, *gpu.biases], [*cpu.weights, *cpu.biases],
+                            strict=True):
+        assert float((mine.cpu() - theirs).abs().max()) < 1e-9
+    np.testing.assert_allclose(gpu.result().test_loss, cpu.result().test_loss, rtol=0, atol=1e-9)
+
+
 def test_auto_device_picks_cuda_and_float32_stays_close() -> None:
     """device='auto' uses CUDA when present; float32 on CUDA stays near float32 on the CPU."""
     config = BASE.replace(dtype="float32", device="auto")

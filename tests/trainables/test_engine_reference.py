@@ -131,10 +131,8 @@ def _max_weight_difference(run: TrialRun, reference: ReferenceResult) -> float:
     return max(diffs)
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_engine_matches_autograd_reference(name: str) -> None:
-    """Engine weights, biases and test curves equal the per-sample autograd reference (1e-9)."""
-    config = CASES[name]
+def _assert_matches_reference(config: TrialConfig) -> TrialRun:
+    """Replicate 0 of ``config``: weights to 1e-9 and every test curve, against the reference."""
     run, points, reference = _engine_and_reference(config)
 
     assert run.step == run.total_samples == STEPS
@@ -155,6 +153,32 @@ def test_engine_matches_autograd_reference(name: str) -> None:
         np.testing.assert_allclose(
             [p.group_loss[0] for p in points], reference.group_loss, rtol=0, atol=TOLERANCE
         )
+    return run
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_engine_matches_autograd_reference(name: str) -> None:
+    """Engine weights, biases and test curves equal the per-sample autograd reference (1e-9)."""
+    _assert_matches_reference(CASES[name])
+
+
+# every variant once (conventions alternate), an autoencoder, softmax + CE, RMSprop, batches
+MINOR_CASES = [
+    *(f"classify-{name}-{_conventions(name)[i % len(_conventions(name))]}"
+      for i, name in enumerate(VARIANTS)),
+    "reconstruct-multiscale-reset-group-leak-scaled", "softmax-ce-leaky-reset-leak-scaled",
+    "rmsprop-leaky-reset", "leaky-reset-batch4", "deeper-leaky-reset",
+]
+
+
+@pytest.mark.parametrize("name", MINOR_CASES)
+def test_replicate_minor_layout_matches_autograd_reference(
+    name: str, replicate_minor: None
+) -> None:
+    """The layout the engine uses for many replicates of small nets (the replicate axis
+    innermost, elementwise products instead of bmm) gives the reference's numbers too."""
+    run = _assert_matches_reference(CASES[name].replace(replicates=2))
+    assert run.weights[0].stride(0) == 1  # really replicate-minor
 
 
 @pytest.mark.parametrize(
