@@ -59,10 +59,13 @@ from trainables.metrics import (
 from trainables.models import MEMORIES, MemoryParams, threshold_resets, unit_groups
 from trainables.orderings import category_changes, epoch_order, make_ordering
 
-REPLICATE_MINOR_REPLICATES = 256
+REPLICATE_MINOR_REPLICATES = 128
 """Runs of at least this many replicates of nets with at most REPLICATE_MINOR_WEIGHTS weights
-(in x out) per layer store the replicate axis innermost (see ``TrialRun._replicate_minor``)."""
-REPLICATE_MINOR_WEIGHTS = 4096
+(in x out) per layer store the replicate axis innermost (see ``TrialRun._replicate_minor``).
+Measured (CPU time, 1 thread, minor / major): 16-8-4 at R = 64, 128, 256, 1024: 1.09, 1.15,
+1.28, 1.39; at R = 1024 layers of 16 x 16: 1.24, 16 x 32 and 24 x 24: 1.0, 32 x 16: 0.87,
+64 x 32: 0.67."""
+REPLICATE_MINOR_WEIGHTS = 256
 CHUNK_STEPS = 256
 """Most steps whose inputs are gathered at once."""
 CHUNK_VALUES = 1 << 18
@@ -250,7 +253,7 @@ class TrialRun:
         # it). Replicate-major (contiguous [R, out, in]) suits wide layers: one bmm per step.
         # Many replicates of narrow layers are faster replicate-minor (R has stride 1): every
         # product and update is then an elementwise op along R, where bmm would loop over R
-        # tiny matrices (16-8-4 at R = 1024: about 1.5x; 784-392-10 at R = 8: 3-4x slower).
+        # tiny matrices (16-8-4 at R = 1024: about 1.4x; 784-392-10 at R = 8: 3-4x slower).
         self._replicate_minor = (
             config.model != "lstm"
             and r >= REPLICATE_MINOR_REPLICATES

@@ -198,3 +198,15 @@ def test_eval_schedule(
 ) -> None:
     """Evaluations at 0, the schedule's points, every epoch end and the last sample."""
     assert eval_schedule(total, epoch_length, every, kind) == expected
+
+
+def test_many_replicates_of_small_nets_are_replicate_minor(tiny_config: TrialConfig) -> None:
+    """The layout rule: replicate axis innermost from REPLICATE_MINOR_REPLICATES replicates of
+    nets whose layers have at most REPLICATE_MINOR_WEIGHTS weights; never for the LSTM."""
+    many = engine.REPLICATE_MINOR_REPLICATES
+    assert TrialRun(tiny_config.replace(replicates=many)).weights[0].stride(0) == 1
+    assert TrialRun(tiny_config.replace(replicates=many - 1)).weights[0].stride(0) > 1
+    wide = tiny_config.replace(replicates=many, hidden=(engine.REPLICATE_MINOR_WEIGHTS,))
+    assert TrialRun(wide).weights[0].stride(0) > 1  # 6 x 256 weights in the first layer
+    lstm = tiny_config.replace(replicates=many, model="lstm")
+    assert TrialRun(lstm).weights[0].stride(0) > 1
