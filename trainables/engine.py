@@ -300,7 +300,6 @@ class TrialRun:
             self._layout(as_tensor(memory.layer_leak(self._memory_params, size)))
             for size in config.hidden
         ]  # [R, H] per layer
-        self._one_minus_leak = [1 - a for a in self._unit_leak]  # (1 - a) when never reset
         if self._recurrent is not None:  # lstm: rings of the last K (h, c) of each layer
             self._hidden = self._recurrent.init_state(r, self.dtype, self.device)  # [K, R, H]
         else:
@@ -390,16 +389,13 @@ class TrialRun:
         keep = np.ascontiguousarray(keep.transpose(1, 0, 2))  # [T, R, 1|G]: step j contiguous
         return torch.as_tensor(keep, dtype=self.dtype, device=self.device)
 
-    def _leaks(
-        self, keep: torch.Tensor | None, steps: int
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """a and 1 - a of each hidden layer on each of ``steps`` steps: [L, R, H] per layer.
+    def _leaks(self, keep: torch.Tensor | None, steps: int) -> list[torch.Tensor]:
+        """a of each hidden layer on each of ``steps`` steps: [L, R, H] per layer.
 
         ``keep`` [L, R, 1|G] (None: never reset, the base leaks expanded without a copy).
         """
         if keep is None:
-            expand = lambda t: t.expand(steps, -1, -1)  # noqa: E731  [R, H] -> [L, R, H] view
-            return [expand(a) for a in self._unit_leak], [expand(g) for g in self._one_minus_leak]
+            return [a.expand(steps, -1, -1) for a in self._unit_leak]  # [L, R, H] views
         leaks = []
         for a in self._unit_leak:
             if keep.shape[2] == 1:
@@ -408,7 +404,7 @@ class TrialRun:
                 index = torch.as_tensor(unit_groups(a.shape[1], keep.shape[2]), device=a.device)
                 leak = a * keep[:, :, index]  # [L, R, H]
             leaks.append(self._layout(leak))
-        return leaks, [1 - a for a in leaks]
+        return leaks
 
     # ------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[EvalPoint]:
@@ -458,10 +454,11 @@ class TrialRun:
             chunk_x = self._gather("train", items, steps)  # [L, R, I]
             chunk_t = self._gather("targets", items, steps)  # [L, R, O]
             keep = None if self._keep is None else self._keep[start:end]  # [L, R, 1|G]
-            chunk_a, chunk_gain = self._leaks(keep, steps)  # a and 1 - a, [L, R, H] per layer
+            chunk_a = self._leaks(keep, steps)  # a, [L, R, H] per layer
             for j in range(steps):
                 # ===== forward: leaky hidden layers, H = a H(n-1) + (1 - a) ReLU(W x + b) ========
-                inputs, pres, z = self._forward(chunk_x[j], [a[j] for a in chunk_a], hidden)
+                leaks = [a[j] for a in chunk_a]  # [R, H] per layer
+                inputs, pres, z = self._forward(chunk_x[j], leaks, hidden)
                 # ===== backward, by hand: H(n-1) is a constant (no gradient through time) ========
                 delta = self._output_grad(z, chunk_t[j])  # dL/dz, [R, O] (a fresh tensor)
                 if self._fused:
@@ -473,8 +470,8 @@ class TrialRun:
                         # threshold_backward is autograd's own ReLU' (dL/dH where pre > 0, else
                         # 0); torch.where with a scalar 0 costs about 8x more at R = 1024
                         delta = torch.ops.aten.threshold_backward(delta, pres[layer], 0)  # [R, H]
-                        if self._scaled:
-                            delta.mul_(chunk_gain[layer][j])
+                        if self._scaled:  # delta * (1 - a), as delta - delta * a in place
+                            delta.addcmul_(delta, leaks[layer], value=-1)
                     if layer > 0:  # W^T delta with the weights before this step's update
                         back = self._linear_t(weights[layer], delta)  # [R, in]
                     if self._fused:
@@ -559,7 +556,7 @@ class TrialRun:
             return self._recurrent.stream(self.weights, self.biases, x, record)
         x = self._gather("test", order.T.reshape(-1), n)  # [N, R, I]
         hidden = [torch.zeros_like(h) for h in self._hidden]
-        leaks, _ = self._leaks(keep, n)  # [N, R, H] per layer
+        leaks = self._leaks(keep, n)  # [N, R, H] per layer
         outputs, states = [], []
         for j in range(n):
             _, _, z = self._forward(x[j], [a[j] for a in leaks], hidden)
