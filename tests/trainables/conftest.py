@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fast_paths import FAST_PATHS
 
 from trainables import engine
 from trainables.config import DatasetConfig, TrialConfig
@@ -32,8 +33,9 @@ def tiny_config() -> TrialConfig:
     )
 
 
-@pytest.fixture
-def replicate_minor(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runs of 2 or more replicates (of small nets) store the replicate axis innermost, the
-    layout the engine otherwise picks only from REPLICATE_MINOR_REPLICATES replicates on."""
-    monkeypatch.setattr(engine, "REPLICATE_MINOR_REPLICATES", 2)
+@pytest.fixture(params=list(FAST_PATHS))
+def fast_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each speed path in turn, switched on (see FAST_PATHS); the value is its name."""
+    setting, value = FAST_PATHS[request.param]
+    monkeypatch.setattr(engine, setting, value)
+    return request.param

@@ -11,6 +11,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from fast_paths import assert_on_fast_path
 
 from trainables.config import DatasetConfig, TrialConfig
 from trainables.engine import TrialRun
@@ -80,12 +81,13 @@ def test_cuda_run_equals_cpu_run_in_float64(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["leaky-reset", "autoencoder"])
-def test_cuda_replicate_minor_layout_equals_cpu(name: str, replicate_minor: None) -> None:
-    """The layout of many replicates of small nets (replicate axis innermost) on CUDA too."""
+def test_cuda_fast_paths_equal_cpu(name: str, fast_path: str) -> None:
+    """The engine's speed paths (replicate axis innermost, queued updates) on CUDA too."""
     config = CASES[name]
     cpu = _train(config.replace(device="cpu"))
     gpu = _train(config.replace(device="cuda"))
-    assert gpu.weights[0].is_cuda and gpu.weights[0].stride(0) == 1
+    assert gpu.weights[0].is_cuda
+    assert_on_fast_path(gpu, fast_path)
     for mine, theirs in zip([*gpu.weights, *gpu.biases], [*cpu.weights, *cpu.biases],
                             strict=True):
         assert float((mine.cpu() - theirs).abs().max()) < 1e-9

@@ -15,6 +15,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from fast_paths import assert_on_fast_path
 from reference import MEMORYLESS, VARIANTS, ReferenceResult, stream_order, train_reference
 
 from trainables.config import DatasetConfig, TrialConfig
@@ -162,23 +163,27 @@ def test_engine_matches_autograd_reference(name: str) -> None:
     _assert_matches_reference(CASES[name])
 
 
-# every variant once (conventions alternate), an autoencoder, softmax + CE, RMSprop, batches
-MINOR_CASES = [
+# every variant once (conventions alternate), an autoencoder, softmax + CE, a deeper net; the
+# replicate-minor layout also with RMSprop and batches (queued updates are for fused SGD only)
+FAST_PATH_CASES = [
     *(f"classify-{name}-{_conventions(name)[i % len(_conventions(name))]}"
-      for i, name in enumerate(VARIANTS)),
+      for i, name in enumerate(VARIANTS) if name != "minibatch"),
     "reconstruct-multiscale-reset-group-leak-scaled", "softmax-ce-leaky-reset-leak-scaled",
-    "rmsprop-leaky-reset", "leaky-reset-batch4", "deeper-leaky-reset",
+    "deeper-leaky-reset", "rmsprop-leaky-reset", "leaky-reset-batch4",
+    "classify-minibatch-leak-scaled",
 ]
 
 
-@pytest.mark.parametrize("name", MINOR_CASES)
-def test_replicate_minor_layout_matches_autograd_reference(
-    name: str, replicate_minor: None
-) -> None:
-    """The layout the engine uses for many replicates of small nets (the replicate axis
-    innermost, elementwise products instead of bmm) gives the reference's numbers too."""
-    run = _assert_matches_reference(CASES[name].replace(replicates=2))
-    assert run.weights[0].stride(0) == 1  # really replicate-minor
+@pytest.mark.parametrize("name", FAST_PATH_CASES)
+def test_fast_paths_match_autograd_reference(name: str, fast_path: str) -> None:
+    """The engine's speed paths give the reference's numbers too: the replicate axis innermost
+    (many replicates of small nets) and queued SGD updates (wide layers)."""
+    config = CASES[name].replace(replicates=2)
+    fused = config.optimizer == "sgd" and config.batch_size == 1
+    if fast_path == "queued-updates" and not fused:
+        pytest.skip("queued updates are a path of fused SGD only")
+    run = _assert_matches_reference(config)
+    assert_on_fast_path(run, fast_path)
 
 
 @pytest.mark.parametrize(

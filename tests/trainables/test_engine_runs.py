@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from fast_paths import FAST_PATHS, assert_on_fast_path
 from reference import VARIANTS
 
 from trainables import engine
@@ -46,27 +47,32 @@ THRESHOLDS = [0.3, 0.6, 0.9, 1.5]
 GROUP_LEAKS = [[0.0, 0.3, 0.6], [0.6, 0.3, 0.0], [0.2, 0.2, 0.2], [0.5, 0.1, 0.9]]
 
 
-@pytest.mark.parametrize("layout", ["replicate-major", "replicate-minor"])
+@pytest.mark.parametrize("path", ["default", *FAST_PATHS])
 @pytest.mark.parametrize("name", list(REPLICATE_CASES))
 def test_replicate_of_batched_run_equals_run_alone(
-    tiny_config: TrialConfig, name: str, layout: str, monkeypatch: pytest.MonkeyPatch
+    tiny_config: TrialConfig, name: str, path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Replicate r of an R=4 run with per-replicate settings (learning rate, leak, threshold,
     group leaks) equals replicate r trained alone: weights, biases and every test curve. Also
-    with the batched run in the replicate-minor layout (as the engine stores many replicates of
-    small nets) and the lone replicate, as always, replicate-major."""
-    # Same layout: equal to rounding of single ops. Across layouts the products are summed in
+    on the engine's speed paths: queued updates, and the batched run replicate-minor (as the
+    engine stores many replicates of small nets) with the lone replicate replicate-major."""
+    # Same path: equal to rounding of single ops. Across layouts the products are summed in
     # another order: 1e-16 here for SGD, but RMSprop's normalised steps amplify it (1.2e-8 for
     # rmsprop-minibatch, momentum 0.5, after 180 steps); a wrong rule is off by > 1e-4.
     tolerance = 1e-12
-    if layout == "replicate-minor":
+    config = tiny_config.replace(**REPLICATE_CASES[name], replicates=4)
+    fused = config.optimizer == "sgd" and config.batch_size == 1
+    if path == "replicate-minor":
         monkeypatch.setattr(engine, "REPLICATE_MINOR_REPLICATES", 4)
         tolerance = 1e-7
-    config = tiny_config.replace(**REPLICATE_CASES[name], replicates=4)
+    elif path == "queued-updates":
+        if not fused:
+            pytest.skip("queued updates are a path of fused SGD only")
+        monkeypatch.setattr(engine, "QUEUE_WEIGHTS", 1)
     batched = TrialRun(config, learning_rate=LEARNING_RATES, leak=LEAKS,
                        reset_threshold=THRESHOLDS, group_leaks=GROUP_LEAKS)
-    lstm = config.model == "lstm"
-    assert (batched.weights[0].stride(0) == 1) == (layout == "replicate-minor" and not lstm)
+    if path != "default":
+        assert_on_fast_path(batched, path)
     batched_result = (list(batched), batched.result())[1]
     for r in range(4):
         alone = TrialRun(
@@ -127,16 +133,17 @@ def test_different_seed_gives_different_curves(tiny_config: TrialConfig) -> None
     assert not np.array_equal(a.test_loss[:, 0], b.test_loss[:, 0])  # init differs too
 
 
-@pytest.mark.parametrize("layout", ["replicate-major", "replicate-minor"])
+@pytest.mark.parametrize("path", ["default", *FAST_PATHS])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("stop_after", [1, 3])
 def test_resume_from_pickled_state_is_exact(
-    tiny_config: TrialConfig, dtype: str, stop_after: int, layout: str,
+    tiny_config: TrialConfig, dtype: str, stop_after: int, path: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Half a run, state_dict, pickle, new run + load_state_dict, finish == uninterrupted run."""
-    if layout == "replicate-minor":
-        monkeypatch.setattr(engine, "REPLICATE_MINOR_REPLICATES", 2)
+    """Half a run, state_dict, pickle, new run + load_state_dict, finish == uninterrupted run
+    (on each of the engine's paths)."""
+    if path != "default":
+        monkeypatch.setattr(engine, *FAST_PATHS[path])
     config = tiny_config.replace(dtype=dtype, eval_every=25)  # 25: stops mid reps-3 run
     uninterrupted = TrialRun(config, learning_rate=[0.05, 0.1, 0.02], leak=[0.6, 0.3, 0.9])
     list(uninterrupted)
@@ -210,3 +217,18 @@ def test_many_replicates_of_small_nets_are_replicate_minor(tiny_config: TrialCon
     assert TrialRun(wide).weights[0].stride(0) > 1  # 6 x 256 weights in the first layer
     lstm = tiny_config.replace(replicates=many, model="lstm")
     assert TrialRun(lstm).weights[0].stride(0) > 1
+
+
+def test_wide_layers_of_fused_sgd_runs_queue_their_updates(
+    tiny_config: TrialConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The queue rule: a layer with at least QUEUE_WEIGHTS weights over all replicates, in a
+    fused-SGD run (per-sample SGD, not RMSprop or minibatches), replicate-major."""
+    monkeypatch.setattr(engine, "QUEUE_WEIGHTS", 3 * 6 * 6)  # R x in x out of the first layer
+    run = TrialRun(tiny_config)  # 3 replicates, 6-6-3
+    assert [q is not None for q in run._queues] == [True, False]
+    assert all(q is None for q in TrialRun(tiny_config.replace(optimizer="rmsprop"))._queues)
+    assert all(q is None for q in TrialRun(tiny_config.replace(model="minibatch",
+                                                               batch_size=None))._queues)
+    list(run)  # trains, and leaves no update queued once it stops
+    assert all(q is None or q.count == 0 for q in run._queues)
