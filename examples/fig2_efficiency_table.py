@@ -6,6 +6,7 @@ learning efficiency (mean test loss over the first epoch; lower is better) with 
 plus the seed-paired difference to `random` for the same model.
 
     python examples/fig2_efficiency_table.py [--replicates 100] [--learning-rate 0.01]
+                                             [--train-per-category 300] [--test-per-category 100]
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 
 import torch
 
-from trainables.config import TrialConfig
+from trainables.config import DatasetConfig, TrialConfig
 from trainables.engine import run_trial
 from trainables.metrics import paired_difference
 
@@ -29,7 +30,12 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=0.01)
     parser.add_argument("--leak", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-per-category", type=int, default=300, help="paper A.2: 300")
+    parser.add_argument("--test-per-category", type=int, default=100, help="paper A.2: 100")
     args = parser.parse_args()
+    dataset = DatasetConfig(
+        train_per_category=args.train_per_category, test_per_category=args.test_per_category
+    )
     torch.set_num_threads(1)
 
     started = time.perf_counter()
@@ -41,6 +47,7 @@ def main() -> None:
             config = TrialConfig(
                 model=model,
                 ordering=ordering,
+                dataset=dataset,
                 replicates=args.replicates,
                 learning_rate=args.learning_rate,
                 leak=args.leak,

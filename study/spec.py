@@ -60,7 +60,7 @@ from trainables.config import (
     TrialConfig,
     check_ordering_name,
 )
-from trainables.metrics import LATENT_OBJECTIVES, OBJECTIVES
+from trainables.metrics import ACCURACY_OBJECTIVES, LATENT_OBJECTIVES, OBJECTIVES
 
 DEFAULT_PRESET = "paper-fig2-synthetic"
 SAMPLERS: tuple[str, ...] = ("tpe", "random", "cmaes", "gp", "qmc")
@@ -69,12 +69,6 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 OBJECTIVE_DIRECTIONS: dict[str, str] = {**OBJECTIVES, **LATENT_OBJECTIVES}
 """Every run metric a spec may name as its objective, with its direction."""
-ACCURACY_OBJECTIVES: tuple[str, ...] = (
-    "test_error_auc",
-    "final_test_accuracy",
-    "samples_to_target",
-)
-"""Objectives computed from accuracy: undefined (NaN) for autoencoders (task 'reconstruct')."""
 LATENT_DATASETS: tuple[str, ...] = ("multiscale-stream",)
 """Data sets that keep latent states (``Dataset.test_latent``), so timescale metrics exist.
 Mirrors ``trainables.data``; tests/study/test_spec.py checks the two agree."""
@@ -157,8 +151,9 @@ class NetworkSpec:
     """Multiscale models: leak of each hidden-unit group (fast to slow), when not searched."""
     reset_scope: str = "input"
     feature_groups: int = 3
-    batch_size: int = 1
-    """Samples per update; > 1 only for the minibatch model ([network.minibatch])."""
+    batch_size: int | None = None
+    """Samples per update; None ('none' in TOML): the model's default (minibatch: 10, paper A.5;
+    others: 1). Set it for the minibatch model only in [network.minibatch]."""
     rms_alpha: float = 0.99
     rms_eps: float = 1e-8
     momentum: float = 0.0

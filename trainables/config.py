@@ -61,6 +61,9 @@ GRADIENTS: tuple[str, ...] = ("leak-scaled", "leak-unscaled")
 with the previous state detached). ``leak-unscaled``: the gradient of a feedforward net evaluated
 at the mixed state, without that factor (the paper's "did not account for ... leaky").
 """
+MINIBATCH_BATCH_SIZE = 10
+"""The minibatch model's default batch size (paper A.5 compares batches of 10 with 10-rep data;
+A.6 uses 16)."""
 EVAL_SCHEDULES: tuple[str, ...] = ("linear", "log")
 DTYPES: tuple[str, ...] = ("float32", "float64")
 DEVICES: tuple[str, ...] = ("cpu", "cuda", "auto")
@@ -218,9 +221,10 @@ class TrialConfig:
     feature_groups: int = 3
     """Contiguous equal groups of input features (and of hidden units) for reset_scope='group' and
     per-group reconstruction error; multiscale-stream: its number of latent timescales."""
-    batch_size: int = 1
-    """Samples whose gradients are averaged per update (1 = the paper's per-sample SGD; the
-    'minibatch' model of paper A.5/A.6 sets it > 1)."""
+    batch_size: int | None = None
+    """Samples whose gradients are averaged per update, >= 1; None = the model's default, set on
+    construction: MINIBATCH_BATCH_SIZE for 'minibatch' (paper A.5/A.6; it needs >= 2, with 1 it
+    would be 'feedforward'), else 1 (the paper's per-sample SGD)."""
     rms_alpha: float = 0.99
     """rmsprop: smoothing of the squared-gradient average (torch 'alpha'; the paper's beta2)."""
     rms_eps: float = 1e-8
@@ -273,7 +277,17 @@ class TrialConfig:
             _check_finite("group_leaks", value, 0.0, 1.0, "in [0, 1]")
         _check_choice("reset_scope", self.reset_scope, RESET_SCOPES)
         _check_positive_int("feature_groups", self.feature_groups, 1)
+        if self.batch_size is None:  # the model's default, resolved once here
+            default = MINIBATCH_BATCH_SIZE if self.model == "minibatch" else 1
+            object.__setattr__(self, "batch_size", default)
         _check_positive_int("batch_size", self.batch_size, 1)
+        if self.model == "minibatch" and self.batch_size < 2:
+            raise ConfigError(
+                "batch_size",
+                self.batch_size,
+                "model='minibatch' averages gradients over batch_size >= 2 samples (None: its "
+                f"default, {MINIBATCH_BATCH_SIZE}, paper A.5); with 1 it is the feedforward model",
+            )
         _check_finite("rms_alpha", self.rms_alpha, 0.0, 1.0, "in [0, 1]")
         _check_finite("rms_eps", self.rms_eps, 0.0, math.inf, ">= 0")
         _check_finite("momentum", self.momentum, 0.0, 1.0, "in [0, 1)")

@@ -27,8 +27,14 @@ OBJECTIVES: dict[str, str] = {
     "final_test_accuracy": "max",
     "samples_to_target": "min",
 }
-"""Run metrics a study may optimise, with their direction. Autoencoders (task 'reconstruct')
-have no accuracy (NaN, so the accuracy-based metrics are NaN)."""
+"""Run metrics a study may optimise, with their direction."""
+ACCURACY_OBJECTIVES: tuple[str, ...] = (
+    "test_error_auc",
+    "final_test_accuracy",
+    "samples_to_target",
+)
+"""The objectives computed from test accuracy. Autoencoders (task 'reconstruct') have no
+accuracy (NaN curves), so their runs do not report these (nor ``target_reached``)."""
 
 LATENT_OBJECTIVES: dict[str, str] = {
     "timescale_selectivity": "max",
@@ -72,16 +78,25 @@ def run_metrics(
     epoch_length: int,
     target_accuracy: float,
 ) -> dict[str, np.ndarray]:
-    """Every run metric per replicate ([R] arrays) from curves [R, E]."""
-    to_target, reached = samples_to_target(samples_seen, test_accuracy, target_accuracy)
-    return {
+    """Every run metric per replicate ([R] arrays) from curves [R, E].
+
+    Without accuracy (all NaN: autoencoders) only the loss metrics: samples to a target
+    accuracy would otherwise read as censored at the end, a real-looking number.
+    """
+    out = {
         "test_loss_auc": first_epoch_auc(samples_seen, test_loss, epoch_length),
-        "test_error_auc": first_epoch_auc(samples_seen, 1.0 - test_accuracy, epoch_length),
         "final_test_loss": test_loss[:, -1].astype(np.float64),
+    }
+    if np.isnan(test_accuracy).all():
+        return out
+    to_target, reached = samples_to_target(samples_seen, test_accuracy, target_accuracy)
+    out.update({
+        "test_error_auc": first_epoch_auc(samples_seen, 1.0 - test_accuracy, epoch_length),
         "final_test_accuracy": test_accuracy[:, -1].astype(np.float64),
         "samples_to_target": to_target,
         "target_reached": reached.astype(np.float64),
-    }
+    })
+    return out
 
 
 def group_metrics(
@@ -120,19 +135,34 @@ def timescale_r2(states: np.ndarray, latent: np.ndarray) -> np.ndarray:
     return r**2
 
 
-def timescale_metrics(r2: np.ndarray) -> dict[str, np.ndarray]:
+def timescale_metrics(
+    r2: np.ndarray, unit_leak: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
     """Timescale selectivity (paper Fig. 3E) per replicate from r^2 [R, H, G].
 
-    Hidden units are split into G contiguous groups in memory order (as the multiscale leaks:
-    fast, medium, slow), and group g is matched with latent g (fast, medium, slow). M[g, k] is the
-    mean r^2 of unit group g with latent k. ``timescale_selectivity`` is the mean over g of
-    M[g, g] minus the mean of M[g, k != g] (matched minus non-matched); for memoryless and
-    uniform-leak nets the units in the same positions are used, as in the paper.
+    Hidden units are put in memory order, per replicate: sorted by their leak ``unit_leak``
+    [R, H] (ascending, stable), so a tuned multiscale net with group leaks (0.6, 0, 0.3) is
+    read as fast, medium, slow too; units with equal leaks (memoryless and uniform-leak nets,
+    or ``unit_leak`` None) keep their positions, as in the paper. The ordered units are split
+    into G contiguous groups, and group g is matched with latent g (fast, medium, slow). M[g, k]
+    is the mean r^2 of unit group g with latent k. ``timescale_selectivity`` is the mean over g
+    of M[g, g] minus the mean of M[g, k != g] (matched minus non-matched).
     ``timescale_selectivity_best`` takes the best one-to-one assignment of unit groups to latents
-    instead of memory order (does the net un-mix at all, whichever units do it?). Also reports
-    each ``timescale_r2_unit{g}_latent{k}`` = M[g, k].
+    instead (does the net un-mix at all, whichever units do it?). Also reports each
+    ``timescale_r2_unit{g}_latent{k}`` = M[g, k] (unit group g in memory order).
+
+    >>> t = np.arange(8.0)
+    >>> latent = np.stack([t % 2, (t // 4) % 2], axis=1)  # fast, slow
+    >>> r2 = timescale_r2(latent[None, :, ::-1], latent)  # unit 0 follows the slow latent
+    >>> float(timescale_metrics(r2)["timescale_selectivity"][0]) < 0  # by position: mismatched
+    True
+    >>> timescale_metrics(r2, np.array([[0.6, 0.0]]))["timescale_selectivity"].round(6).tolist()
+    [1.0]
     """
     groups = r2.shape[2]
+    if unit_leak is not None:  # memory order: [R, H] unit indices, slowest-forgetting last
+        order = np.argsort(np.asarray(unit_leak), axis=1, kind="stable")
+        r2 = np.take_along_axis(r2, order[:, :, None], axis=1)  # [R, H, G]
     index = unit_groups(r2.shape[1], groups)
     matrix = np.stack([r2[:, index == g].mean(axis=1) for g in range(groups)], axis=1)  # [R,G,G]
 

@@ -213,7 +213,8 @@ class MultiscaleReset(Multiscale):
 
 
 class Minibatch(Feedforward):
-    """No memory; the engine averages gradients over ``batch_size`` samples (paper A.5/A.6)."""
+    """No memory; the engine averages gradients over ``batch_size`` >= 2 samples (paper A.5/A.6;
+    TrialConfig's default for this model: 10)."""
 
     name = "minibatch"
 

@@ -96,7 +96,7 @@ class TestMemoryContract:
 
     def test_gradients_reach_every_parameter(self, memory: Memory) -> None:
         """Training moves every layer's weights and biases (two hidden layers, both replicates)."""
-        config = SMALL.replace(model=memory.name)
+        config = SMALL.replace(model=memory.name, batch_size=None)  # the model's default
         run = TrialRun(config)
         initial = [t.clone() for t in (*run.weights, *run.biases)]
         list(run)

@@ -251,6 +251,22 @@ def test_per_model_settings_apply_to_that_model_only() -> None:
     assert json.loads(spec.to_json())["network"]["minibatch"] == {"batch_size": 10}
 
 
+def test_minibatch_cells_get_the_papers_batch_unless_set() -> None:
+    """No [network.minibatch] table: minibatch cells train with batches of 10 (paper A.5), the
+    other models per sample; a batch size of 1 for minibatch is an error naming its field."""
+    spec = load_spec("smoke", ["models=feedforward,minibatch"])
+    by_model = {c.model: c.base for c in expand(spec)}
+    assert by_model["minibatch"].batch_size == 10 and by_model["feedforward"].batch_size == 1
+    for overrides, field in (
+        (["network.minibatch.batch_size=1"], "network.minibatch.batch_size"),
+        (["network.batch_size=1"], "network.batch_size"),
+    ):
+        with pytest.raises(SpecError) as caught:
+            load_spec("smoke", ["models=feedforward,minibatch", *overrides])
+        message = str(caught.value)
+        assert message.startswith(f"{field}=1 is invalid") and "minibatch" in message, message
+
+
 def test_variants_cross_the_design_and_name_the_cells() -> None:
     spec = load_spec(
         "smoke",

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from fast_paths import FAST_PATHS
 
+from trainables import engine
 from trainables.config import DatasetConfig, TrialConfig
+
+# As in every trial (tune_adapter): these tensors are tiny, and intra-op threads only add
+# overhead (torch's BCE-with-logits on 3 values: about 8x slower with 2 threads, loaded machine).
+torch.set_num_threads(1)
 
 
 @pytest.fixture
@@ -24,3 +31,11 @@ def tiny_config() -> TrialConfig:
         eval_every=30,
         dtype="float64",
     )
+
+
+@pytest.fixture(params=list(FAST_PATHS))
+def fast_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each speed path in turn, switched on (see FAST_PATHS); the value is its name."""
+    setting, value = FAST_PATHS[request.param]
+    monkeypatch.setattr(engine, setting, value)
+    return request.param

@@ -1,4 +1,4 @@
-"""Data sets, ordering, protocols and metrics of issue 3 (models: test_reference_extended)."""
+"""Data sets, ordering, protocols and metrics of issue 3 (models: test_engine_reference)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,8 @@ def test_autoencoder_reports_group_losses_and_timescale_metrics() -> None:
     for key in ("timescale_selectivity", "timescale_selectivity_best",
                 "test_loss_auc_group0", "final_test_loss_group2", "timescale_r2_unit2_latent2"):
         assert key in result.summary and key in result.per_replicate
+    for key in ("samples_to_target", "target_reached", "final_test_accuracy", "test_error_auc"):
+        assert key not in result.per_replicate and key not in result.summary  # no accuracy
     best = result.per_replicate["timescale_selectivity_best"]
     assert np.all(best >= result.per_replicate["timescale_selectivity"] - 1e-12)
 
@@ -84,6 +86,48 @@ def test_timescale_selectivity_of_a_perfectly_unmixed_net() -> None:
     assert reversed_["timescale_selectivity"][0] < 0.5
     assert reversed_["timescale_selectivity_best"][0] == pytest.approx(
         metrics["timescale_selectivity_best"][0])
+
+
+def test_timescale_selectivity_orders_units_by_their_leak() -> None:
+    """Non-ascending group leaks (as a tuned trial may have): memory order sorts the unit
+    groups by leak, per replicate, before matching them to latents fast -> slow."""
+    t = np.arange(60.0)
+    latent = np.stack([t % 2, (t // 3) % 2, (t // 5) % 2], axis=1)  # fast, medium, slow
+    # replicate 0: units 0-1 follow the slow latent, 2-3 the fast, 4-5 the medium one, and their
+    # leaks say so (0.6, 0, 0.3); replicate 1: ascending leaks, units in latent order
+    states = np.stack([latent[:, [2, 2, 0, 0, 1, 1]], latent[:, [0, 0, 1, 1, 2, 2]]])
+    leaks = np.array([[0.6, 0.6, 0.0, 0.0, 0.3, 0.3], [0.0, 0.0, 0.3, 0.3, 0.6, 0.6]])
+    r2 = timescale_r2(states, latent)
+    by_leak = timescale_metrics(r2, leaks)
+    by_position = timescale_metrics(r2)
+    assert by_leak["timescale_selectivity"][0] > 0.9  # read in memory order: perfectly matched
+    assert by_position["timescale_selectivity"][0] < 0.5  # by position it looks unmatched
+    np.testing.assert_allclose(by_leak["timescale_selectivity"][1],
+                               by_position["timescale_selectivity"][1])  # ascending: the same
+    np.testing.assert_allclose(by_leak["timescale_selectivity_best"],
+                               by_position["timescale_selectivity_best"])
+    assert by_leak["timescale_r2_unit0_latent0"][0] > 0.9  # unit group 0 = the fastest units
+    # equal leaks keep positions (stable), as without leaks
+    uniform = timescale_metrics(r2, np.full((2, 6), 0.5))
+    np.testing.assert_array_equal(uniform["timescale_selectivity"],
+                                  by_position["timescale_selectivity"])
+
+
+def test_engine_reports_selectivity_in_memory_order() -> None:
+    """The engine passes each replicate's own first-layer leaks: a replicate with permuted group
+    leaks gets the selectivity of its r^2 read in leak order."""
+    config = AE.replace(model="multiscale", hidden=(6,), replicates=2)
+    leaks = [[0.0, 0.3, 0.6], [0.6, 0.0, 0.3]]
+    result = run_trial(config, group_leaks=leaks)
+    units = [[0, 1, 2, 3, 4, 5], [2, 3, 4, 5, 0, 1]]  # each replicate's units, fast to slow
+    for r in range(2):
+        expected = timescale_metrics(result.timescale_r2[r : r + 1, units[r]])
+        for key in ("timescale_selectivity", "timescale_selectivity_best",
+                    "timescale_r2_unit2_latent0"):
+            np.testing.assert_allclose(result.per_replicate[key][r], expected[key][0],
+                                       rtol=1e-12)
+    by_position = timescale_metrics(result.timescale_r2)["timescale_selectivity"]
+    assert abs(result.per_replicate["timescale_selectivity"][1] - by_position[1]) > 1e-3
 
 
 def test_streamed_protocol_matches_a_manual_stream() -> None:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
-from reference import item_loss, stream_order
+from reference import item_loss, item_target, stream_order
 from torch import nn
 
 from trainables.config import ConfigError, DatasetConfig, TrialConfig
@@ -86,9 +86,8 @@ class ReferenceLSTM(nn.Module):
 
 
 def _loss(z: torch.Tensor, item: int, data: Dataset, config: TrialConfig) -> torch.Tensor:
-    if config.task == "reconstruct":
-        return nn.MSELoss()(torch.sigmoid(z), torch.as_tensor(data.train_x[item], dtype=z.dtype))
-    return item_loss(z, int(data.train_y[item]), data.num_classes, config)
+    label = int(data.train_y[item])
+    return item_loss(z, item_target(config, data, data.train_x[item], label), label, config)
 
 
 def _evaluate(net: ReferenceLSTM, data: Dataset, config: TrialConfig) -> float:
@@ -103,8 +102,11 @@ def _evaluate(net: ReferenceLSTM, data: Dataset, config: TrialConfig) -> float:
         z, _ = net(x[order][None], None)
     if config.task == "reconstruct":
         return float(((torch.sigmoid(z) - x[order]) ** 2).mean())
-    losses = [item_loss(z[i], int(data.test_y[j]), data.num_classes, config)
-              for i, j in enumerate(order)]
+    losses = [
+        item_loss(z[i], item_target(config, data, data.test_x[j], int(data.test_y[j])),
+                  int(data.test_y[j]), config)
+        for i, j in enumerate(order)
+    ]
     return float(torch.stack(losses).mean())
 
 

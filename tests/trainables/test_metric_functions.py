@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from trainables.metrics import (
+    ACCURACY_OBJECTIVES,
     OBJECTIVES,
     bootstrap_ci,
     first_epoch_auc,
@@ -66,6 +67,16 @@ def test_run_metrics_has_every_objective() -> None:
     assert metrics["samples_to_target"].tolist() == [100.0, 150.0]
     assert metrics["target_reached"].tolist() == [1.0, 0.0]
     assert all(OBJECTIVES[name] in ("min", "max") for name in OBJECTIVES)
+
+
+def test_run_metrics_without_accuracy_has_only_loss_metrics() -> None:
+    """Autoencoders (accuracy NaN): no accuracy metrics, so no censored samples_to_target."""
+    samples = np.array([0, 50, 100])
+    loss = np.array([[1.0, 0.5, 0.0]])
+    metrics = run_metrics(samples, loss, np.full_like(loss, np.nan), 100, target_accuracy=0.9)
+    assert set(metrics) == {"test_loss_auc", "final_test_loss"}
+    assert not set(ACCURACY_OBJECTIVES) & set(metrics)
+    np.testing.assert_allclose(metrics["test_loss_auc"], [0.5])
 
 
 @pytest.mark.parametrize("values", [[0.3, 0.5, 0.1, 0.9, 0.4], [2.0, 2.1], list(range(20))])

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from trainables.config import ConfigError, DatasetConfig, TrialConfig
+from trainables.config import MINIBATCH_BATCH_SIZE, ConfigError, DatasetConfig, TrialConfig
 
 BAD_VALUES = [
     ("leak", -0.1),
@@ -118,3 +118,20 @@ def test_reps_property() -> None:
     """reps is k of 'reps-k' and None for 'random'."""
     assert TrialConfig(ordering="reps-5").reps == 5
     assert TrialConfig(ordering="random").reps is None
+
+
+def test_minibatch_defaults_to_the_papers_batch_and_rejects_batch_size_one() -> None:
+    """batch_size None is the model's default (minibatch: 10, paper A.5; others 1); minibatch with
+    batch_size 1 would silently be feedforward, so it is an error naming the field."""
+    assert TrialConfig(model="minibatch").batch_size == MINIBATCH_BATCH_SIZE == 10
+    assert TrialConfig(model="feedforward").batch_size == 1
+    assert TrialConfig(model="minibatch", batch_size=3).batch_size == 3
+    config = TrialConfig(model="minibatch")
+    assert TrialConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    for replacing in (lambda: TrialConfig(model="minibatch", batch_size=1),
+                      lambda: TrialConfig().replace(model="minibatch")):  # 1 carried over
+        with pytest.raises(ConfigError) as error:
+            replacing()
+        assert error.value.field_name == "batch_size"
+        assert "batch_size=1" in str(error.value) and "feedforward" in str(error.value)
+    assert TrialConfig().replace(model="minibatch", batch_size=None).batch_size == 10
