@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from fast_paths import FAST_PATHS
 
+from tests.trainables.fast_paths import FAST_PATHS
 from trainables import engine
 from trainables.config import DatasetConfig, TrialConfig
 

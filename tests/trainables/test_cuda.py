@@ -11,8 +11,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from fast_paths import assert_on_fast_path
 
+from tests.trainables.fast_paths import assert_on_fast_path
 from trainables.config import DatasetConfig, TrialConfig
 from trainables.engine import TrialRun
 

@@ -15,9 +15,15 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from fast_paths import assert_on_fast_path
-from reference import MEMORYLESS, VARIANTS, ReferenceResult, stream_order, train_reference
 
+from tests.trainables.fast_paths import assert_on_fast_path
+from tests.trainables.reference import (
+    MEMORYLESS,
+    VARIANTS,
+    ReferenceResult,
+    stream_order,
+    train_reference,
+)
 from trainables.config import DatasetConfig, TrialConfig
 from trainables.data import load_dataset
 from trainables.engine import TrialRun

@@ -7,9 +7,9 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from fast_paths import FAST_PATHS, assert_on_fast_path
-from reference import VARIANTS
 
+from tests.trainables.fast_paths import FAST_PATHS, assert_on_fast_path
+from tests.trainables.reference import VARIANTS
 from trainables import engine
 from trainables.config import DatasetConfig, TrialConfig
 from trainables.engine import TrialResult, TrialRun, eval_schedule, run_trial

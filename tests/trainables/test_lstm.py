@@ -16,9 +16,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
-from reference import item_loss, item_target, stream_order
 from torch import nn
 
+from tests.trainables.reference import item_loss, item_target, stream_order
 from trainables.config import ConfigError, DatasetConfig, TrialConfig
 from trainables.data import Dataset, load_dataset
 from trainables.engine import TrialRun
