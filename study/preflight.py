@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from study.spec import SpecError, StudySpec
+from trainables.config import ConfigError
 from trainables.data import DataError, load_dataset
 
 TIMEOUT_S = 3.0
@@ -20,12 +21,15 @@ TIMEOUT_S = 3.0
 
 def preflight(spec: StudySpec) -> list[str]:
     """Run every check; returns one line per check passed (``study check`` prints them)."""
-    passed: list[str] = []
+    passed: list[str] = [check_storage_path(spec.storage_path)]
     for position, dataset in enumerate(spec.dataset_configs()):
         try:
             data = load_dataset(dataset)
         except DataError as error:
             raise SpecError(f"datasets[{position}]", dataset.name, str(error)) from None
+        except ConfigError as error:  # e.g. more items per class than the files hold
+            field = error.field_name.removeprefix("dataset.")
+            raise SpecError(f"datasets[{position}].{field}", error.value, error.allowed) from None
         passed.append(
             f"data set {dataset.name}: {len(data.train_y)} training / {len(data.test_y)} test "
             f"items, {data.num_features} features, {data.num_classes} classes"
@@ -35,6 +39,20 @@ def preflight(spec: StudySpec) -> list[str]:
         passed.append(check_optuna_storage(spec.optuna_storage))
     passed.append(check_ray(spec))
     return passed
+
+
+def check_storage_path(path: str) -> str:
+    """The folder for Ray results can be created and written (nothing is created here)."""
+    target = Path(path)
+    existing = next((p for p in (target, *target.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir():
+        raise SpecError(
+            "storage_path", path, f"a folder that can be created ({existing} is not a folder)"
+        )
+    read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+    if read_only or not os.access(existing, os.W_OK | os.X_OK):
+        raise SpecError("storage_path", path, f"a writable folder ({existing} is not writable)")
+    return f"storage path {path}: writable"
 
 
 def check_tracking(uri: str) -> str:
@@ -52,7 +70,7 @@ def check_tracking(uri: str) -> str:
     if uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
         existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-        if existing is None or not os.access(existing, os.W_OK):
+        if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
             raise SpecError("tracking_uri", uri, f"a writable folder for the store ({folder})")
         return f"tracking store {uri}: writable"
     return f"tracking store {uri}: not checked (no preflight for this scheme)"
@@ -101,6 +119,22 @@ def check_ray(spec: StudySpec) -> str:
         raise SpecError(
             "ray_address", spec.ray_address, f"a reachable Ray head ({error})"
         ) from None
+    # A port that accepts connections may still not be Ray (ray.init would then wait for
+    # minutes): the head speaks gRPC, so an HTTP/2 handshake must complete within seconds.
+    import grpc
+
+    channel = grpc.insecure_channel(f"{host}:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=TIMEOUT_S)
+    except grpc.FutureTimeoutError:
+        raise SpecError(
+            "ray_address",
+            spec.ray_address,
+            f"a Ray head (port {port} accepts connections but answers no gRPC handshake "
+            f"within {TIMEOUT_S:g} s)",
+        ) from None
+    finally:
+        channel.close()
     return f"ray: {spec.ray_address} reachable"
 
 

@@ -25,9 +25,9 @@ from study.progress import (
     summary_table,
     write_summary_json,
 )
-from study.searcher import CellSearcher
+from study.searcher import CellSearcher, optuna_storage, recover
 from study.spec import SpecError, StudySpec
-from study.tracking import MlflowTracking
+from study.tracking import MlflowTracking, deleted_experiment_error
 
 SPEC_FILE = "study_spec.json"
 """The resolved spec, stored in the study's Ray results folder so resume needs only the name."""
@@ -35,22 +35,38 @@ SPEC_FILE = "study_spec.json"
 
 def study_dir(spec: StudySpec) -> Path:
     """Ray Tune's experiment folder of a study."""
-    return Path(spec.storage_path) / spec.name
+    return spec.results_dir
 
 
-def unique_name(spec: StudySpec) -> str:
+def unique_name(spec: StudySpec, restore_deleted: bool = False) -> str:
     """``spec.name``, or ``name-2``, ``name-3``... when results of that name already exist.
 
     A study name is an MLflow experiment, a Ray results folder and an Optuna study prefix; running
     the same preset twice must not mix two studies' runs (``study resume`` continues one instead).
-    """
-    from study.tracking import connect
+    An experiment of that name that was deleted is never reused or skipped silently: it is an
+    error, unless ``restore_deleted`` (then it is restored, with its runs, and counts as taken).
 
-    client = connect(spec.tracking_uri)
-    taken = {e.name for e in client.search_experiments(view_type=3, max_results=50000)}
+    Raises:
+        SpecError: ``spec.name`` belongs to a deleted experiment and not ``restore_deleted``.
+    """
+    from mlflow.entities import ViewType
+
+    from study.tracking import connect, restore_deleted_experiment
+
+    stages: dict[str, str] = {}
+    db = spec.tracking_uri.removeprefix("sqlite:///")
+    if db == spec.tracking_uri or Path(db).exists():  # a missing SQLite store holds no names
+        client = connect(spec.tracking_uri)
+        for found in client.search_experiments(view_type=ViewType.ALL, max_results=50000):
+            stages[found.name] = found.lifecycle_stage
+        if stages.get(spec.name) == "deleted":
+            if not restore_deleted:
+                raise deleted_experiment_error(spec)
+            restore_deleted_experiment(client, spec.name)
+            print(f"study: restored the deleted experiment {spec.name!r}", file=sys.stderr)
 
     def free(name: str) -> bool:
-        return name not in taken and not (Path(spec.storage_path) / name).exists()
+        return name not in stages and not (Path(spec.storage_path) / name).exists()
 
     name, number = spec.name, 1
     while not free(name):
@@ -95,13 +111,15 @@ def check_cluster(spec: StudySpec) -> int:
 
 
 def trainable(spec: StudySpec) -> Any:
-    """The Tune trainable with the spec's objective and per-trial resources."""
+    """The Tune trainable with the spec's objective, checkpoint interval and resources."""
     from ray import tune
 
     from trainables.tune_adapter import train
 
     return tune.with_resources(
-        tune.with_parameters(train, objective=spec.objective),
+        tune.with_parameters(
+            train, objective=spec.objective, checkpoint_every_s=spec.checkpoint_every_s
+        ),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
 
@@ -135,13 +153,14 @@ def run_study(spec: StudySpec, summary_json: str | None = None) -> list[CellSumm
             f"{concurrency} at once; tracking {spec.tracking_uri}",
             file=sys.stderr,
         )
+        # The searcher limits trials in flight itself (see study.searcher: crash safety).
+        searcher = CellSearcher(spec, cells, optuna_storage(spec), max_concurrent=concurrency)
         tuner = tune.Tuner(
             trainable(spec),
             tune_config=tune.TuneConfig(
-                search_alg=CellSearcher(spec, cells),
+                search_alg=searcher,
                 scheduler=scheduler,
                 num_samples=len(cells) * spec.trials_per_cell,
-                max_concurrent_trials=concurrency,
                 reuse_actors=True,
                 trial_dirname_creator=trial_dirname,
             ),
@@ -165,15 +184,37 @@ def load_stored_spec(name: str, storage_path: str) -> StudySpec:
     return StudySpec.from_dict(json.loads(path.read_text()))
 
 
+def check_resumable(spec: StudySpec, restore_deleted: bool = False) -> None:
+    """Before Ray starts: the study's experiment is not deleted (or is restored on request).
+
+    Raises:
+        SpecError: the experiment is deleted and not ``restore_deleted``.
+    """
+    from study.tracking import connect, experiment_stage, restore_deleted_experiment
+
+    client = connect(spec.tracking_uri)
+    if experiment_stage(client, spec.name) == "deleted":
+        if not restore_deleted:
+            raise deleted_experiment_error(spec)
+        restore_deleted_experiment(client, spec.name)
+        print(f"study: restored the deleted experiment {spec.name!r}", file=sys.stderr)
+
+
 def resume_study(spec: StudySpec, summary_json: str | None = None) -> list[CellSummary]:
     """Continue an interrupted study: unfinished and errored trials resume from checkpoints.
 
-    The searcher (with its Optuna studies) and the callbacks come back from Tune's experiment
-    state, so no trial is asked twice and the tracking callback reuses the runs it created.
+    Tune restores its last snapshot of trials, searcher and callbacks; what happened after it
+    comes from the durable stores: results a killed driver never told go to the Optuna studies
+    first (:func:`study.searcher.recover`), the searcher hands out again the trials asked after
+    the snapshot, and the tracking callback adopts the runs by their keys. So every cell ends
+    with exactly its budget of trials and MLflow with exactly one run per trial.
     """
     from ray import tune
 
     cells = expand(spec)
+    told = recover(spec, cells)
+    if told:
+        print(f"study {spec.name}: {told} results recorded after the crash", file=sys.stderr)
     started = start_ray(spec)
     try:
         check_cluster(spec)

@@ -8,10 +8,15 @@ Tune's config for a trial (built by the study's searcher) is::
      "optuna_trial_number": 3, "paper_setting": False}
 
 The trainable reports replicate means and CIs at every evaluation point (``samples_seen`` is
-Tune's time axis for ASHA), checkpoints the engine state every ``CHECKPOINT_EVERY_S`` seconds and
-at the end, and resumes exactly from ``ray.tune.get_checkpoint()`` after a worker failure. The
-final checkpoint also holds ``curves.json`` (per-replicate curves) and ``history.json`` (the
-reported metrics of every evaluation point) for the driver to log as artifacts and metrics.
+Tune's time axis for ASHA), checkpoints the engine state every ``checkpoint_every_s`` seconds
+(the spec's setting; 0 = at every evaluation point) and at the end, and resumes exactly from
+``ray.tune.get_checkpoint()`` after a worker failure: the engine state holds weights, optimizer
+buffers, memory state, the position in the ordering and the curves so far (the engine draws no
+random numbers after construction, so there is no RNG state to carry). The final checkpoint also
+holds ``curves.json`` (per-replicate curves), ``history.json`` (the reported metrics of every
+evaluation point) and ``final.json`` (the final report), so the driver can log a trial's results
+from disk even when it learns of them only after a crash. A trial restored from its final
+checkpoint re-reports the final result instead of training again.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ DIVERGED_PENALTY = 1e6
 STATE_FILE = "state.pkl"
 CURVES_FILE = "curves.json"
 HISTORY_FILE = "history.json"
+FINAL_FILE = "final.json"
 
 
 def trial_config(config: dict[str, Any]) -> TrialConfig:
@@ -84,12 +90,17 @@ def running_objective(
     return float(reached[0] if reached else history[-1]["samples_seen"])
 
 
-def train(config: dict[str, Any], objective: str = "test_loss_auc") -> None:
+def train(
+    config: dict[str, Any],
+    objective: str = "test_loss_auc",
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+) -> None:
     """Ray Tune function trainable: train one configuration's replicates, report, checkpoint.
 
     Args:
         config: Tune's trial config (see the module docstring).
         objective: the run metric the study optimises; reported as ``objective`` (finite).
+        checkpoint_every_s: seconds between intermediate checkpoints (0: every evaluation).
     """
     # One thread per trial: trials are the unit of parallelism, and several intra-op threads per
     # trial on a shared machine only contend (per-sample steps are far too small to split).
@@ -98,8 +109,14 @@ def train(config: dict[str, Any], objective: str = "test_loss_auc") -> None:
     history: list[dict[str, float]] = []
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
-        with checkpoint.as_directory() as folder, open(Path(folder) / STATE_FILE, "rb") as handle:
-            saved = pickle.load(handle)
+        with checkpoint.as_directory() as folder:
+            with open(Path(folder) / STATE_FILE, "rb") as handle:
+                saved = pickle.load(handle)
+            if (Path(folder) / FINAL_FILE).exists():
+                # Restored after the trial ended (a driver crash hid its end): report, no work.
+                final = json.loads((Path(folder) / FINAL_FILE).read_text())
+                tune.report(final, checkpoint=tune.Checkpoint.from_directory(folder))
+                return
         run.load_state_dict(saved["run"])
         history = saved["history"]
     last_checkpoint = time.monotonic()
@@ -122,11 +139,11 @@ def train(config: dict[str, Any], objective: str = "test_loss_auc") -> None:
             report.update(_final_metrics(run.result(), objective))
             # The last report always carries a checkpoint: the curves the driver logs live there.
             with tempfile.TemporaryDirectory() as folder:
-                _write_checkpoint(Path(folder), run, history, final=True)
+                _write_checkpoint(Path(folder), run, history, final=report)
                 tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
-        elif time.monotonic() - last_checkpoint >= CHECKPOINT_EVERY_S:
+        elif time.monotonic() - last_checkpoint >= checkpoint_every_s:
             with tempfile.TemporaryDirectory() as folder:
-                _write_checkpoint(Path(folder), run, history, final=False)
+                _write_checkpoint(Path(folder), run, history, final=None)
                 tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
             last_checkpoint = time.monotonic()
         else:
@@ -157,13 +174,15 @@ def _finite(value: float, objective: str) -> float:
 
 
 def _write_checkpoint(
-    folder: Path, run: TrialRun, history: list[dict[str, float]], final: bool
+    folder: Path, run: TrialRun, history: list[dict[str, float]], final: dict[str, Any] | None
 ) -> None:
+    """The engine state and reported history; with ``final`` (the last report) the artifacts."""
     with open(folder / STATE_FILE, "wb") as handle:
         pickle.dump({"run": run.state_dict(), "history": history}, handle)
-    if final:
+    if final is not None:
         (folder / CURVES_FILE).write_text(json.dumps(curves(run.result())))
         (folder / HISTORY_FILE).write_text(json.dumps(history))
+        (folder / FINAL_FILE).write_text(json.dumps(final))
 
 
 def curves(result: TrialResult) -> dict[str, Any]:
