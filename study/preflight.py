@@ -113,29 +113,45 @@ def check_ray(spec: StudySpec) -> str:
         return "ray: auto (address resolved when Ray starts)"
     host, port = _host_port(spec.ray_address)
     try:
-        with socket.create_connection((host, port), timeout=TIMEOUT_S):
-            pass
+        speaks = _speaks_http2(host, port)
     except OSError as error:
         raise SpecError(
             "ray_address", spec.ray_address, f"a reachable Ray head ({error})"
         ) from None
-    # A port that accepts connections may still not be Ray (ray.init would then wait for
-    # minutes): the head speaks gRPC, so an HTTP/2 handshake must complete within seconds.
-    import grpc
-
-    channel = grpc.insecure_channel(f"{host}:{port}")
-    try:
-        grpc.channel_ready_future(channel).result(timeout=TIMEOUT_S)
-    except grpc.FutureTimeoutError:
+    if not speaks:
+        # A port that accepts connections may still not be Ray (ray.init would then wait for
+        # minutes): the head's GCS and the Ray client server both speak gRPC over HTTP/2.
         raise SpecError(
             "ray_address",
             spec.ray_address,
             f"a Ray head (port {port} accepts connections but answers no gRPC handshake "
             f"within {TIMEOUT_S:g} s)",
-        ) from None
-    finally:
-        channel.close()
+        )
     return f"ray: {spec.ray_address} reachable"
+
+
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+"""HTTP/2's client connection preface followed by an empty SETTINGS frame (RFC 9113, 3.4)."""
+
+
+def _speaks_http2(host: str, port: int) -> bool:
+    """Whether ``host:port`` answers an HTTP/2 (gRPC) handshake with a SETTINGS frame in time.
+
+    Raises:
+        OSError: the connection itself fails (refused, unreachable, DNS).
+    """
+    with socket.create_connection((host, port), timeout=TIMEOUT_S) as connection:
+        connection.sendall(_HTTP2_PREFACE)
+        header = b""
+        try:
+            while len(header) < 9:
+                chunk = connection.recv(9 - len(header))
+                if not chunk:
+                    return False
+                header += chunk
+        except TimeoutError:
+            return False
+    return header[3] == 4  # the server's first frame is its SETTINGS (type 4)
 
 
 def _host_port(address: str) -> tuple[str, int]:

@@ -150,28 +150,36 @@ class CellSearcher(Searcher):
             return None
         if self.replay:
             key, number = self.replay.pop(0)
-            return self._hand_out(trial_id, key, self.studies[key].trials[number])
+            frozen = self.studies[key].trials[number]
+            if TUNE_ATTR in frozen.user_attrs:
+                return self._hand_out(trial_id, key, frozen)
+            # Asked when the driver died, before its config was written: finish asking it.
+            trial = optuna.trial.Trial(self.studies[key], frozen._trial_id)
+            return self._configure(trial_id, key, trial, "fixed_params" in frozen.system_attrs)
         keys = list(self.cells)
         for offset in range(len(keys)):
             key = keys[(self._next + offset) % len(keys)]
             if self.asked[key] < self.budget:
                 self._next = (self._next + offset + 1) % len(keys)
-                return self._ask(trial_id, key)
+                self.asked[key] += 1
+                paper = self.paper_first and self.asked[key] == 1
+                return self._configure(trial_id, key, self.studies[key].ask(), paper)
         return Searcher.FINISHED
 
-    def _ask(self, trial_id: str, key: str) -> dict[str, Any]:
-        cell, study = self.cells[key], self.studies[key]
-        trial = study.ask()
+    def _configure(
+        self, trial_id: str, key: str, trial: optuna.trial.Trial, paper: bool
+    ) -> dict[str, Any]:
+        """The Tune config of an asked trial (the space run on it; ``paper``: the cell's
+        paper-setting trial), recorded on the trial for a restore."""
+        cell = self.cells[key]
         constants = self.spaces[key](trial) or {}
         params = {**trial.params, **constants}
-        paper = self.paper_first and self.asked[key] == 0
         if paper:
             # The paper's values also for parameters this cell's space does not search.
             params.update(cell.paper_params())
             trial.set_user_attr("paper_setting", True)
             if any(trial.params.get(k, v) != v for k, v in cell.paper_params().items()):
                 trial.set_user_attr("paper_setting_outside_space", True)
-        self.asked[key] += 1
         config = {
             "cell": key,
             "base": cell.base.to_dict(),
@@ -185,14 +193,15 @@ class CellSearcher(Searcher):
         return config
 
     def _hand_out(self, trial_id: str, key: str, trial: FrozenTrial) -> dict[str, Any]:
-        """A forgotten trial again, under a new Ray trial id (same number, same config)."""
+        """A forgotten trial again, under a new Ray trial id (same number, same config); it
+        resumes from the checkpoints its earlier Ray trials left (``previous_trials``)."""
         attr = trial.user_attrs[TUNE_ATTR]
-        attr = {**attr, "ray_trial_ids": [*attr["ray_trial_ids"], trial_id]}
+        previous = list(attr["ray_trial_ids"])
+        attr = {**attr, "ray_trial_ids": [*previous, trial_id]}
         # Optuna has no public setter for a trial known by number: the storage's own call.
         self.studies[key]._storage.set_trial_user_attr(trial._trial_id, TUNE_ATTR, attr)
-        config = attr["config"]
         self._track(trial_id, key, trial.number, trial.user_attrs)
-        return config
+        return {**attr["config"], "previous_trials": previous}
 
     def _track(self, trial_id: str, key: str, number: int, attrs: dict[str, Any]) -> None:
         self.trials[trial_id] = (key, number, bool(attrs.get("paper_setting")))
@@ -240,7 +249,15 @@ class CellSearcher(Searcher):
         self.trials, self.off_space, self.live, self.replay = {}, set(), set(), []
         for key, study in self.studies.items():
             asked = asked_trials(study)
-            self.asked[key] = len(asked)
+            # A trial the driver died asking (created, its config not yet written): finished
+            # asking first, with its number, so the cell's numbers stay 0..budget-1.
+            half_asked = [
+                t.number
+                for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if TUNE_ATTR not in t.user_attrs and RETRY_ATTR not in t.user_attrs
+            ]
+            self.replay.extend((key, number) for number in half_asked)
+            self.asked[key] = len(asked) + len(half_asked)
             for trial in asked:
                 ray_id = trial.user_attrs[TUNE_ATTR]["ray_trial_ids"][-1]
                 self._track(ray_id, key, trial.number, trial.user_attrs)

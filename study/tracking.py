@@ -658,6 +658,7 @@ class MlflowTracking(Callback):
         for key, cell in self.cells.items():
             run_key = cell_run_key(key)
             if run_key in self.run_ids:
+                store.log_text(run_key, self.spec_json, "spec.json")  # if a crash came first
                 continue
             tags = {
                 "study": self.study,
@@ -806,18 +807,6 @@ class MlflowTracking(Callback):
         key = trial_run_key(cell.key, config["optuna_trial_number"])
         self.trial_keys[trial.trial_id] = key
         store = self.store
-        if key in self.run_ids:
-            status = self.closed.get(key)
-            if status == "FINISHED":
-                return  # it ended before a crash; Tune reruns it from a checkpoint: keep as is
-            tags = {"ray_trial_id": trial.trial_id}
-            if status is not None:  # rerun after an error (study resume): the run goes on
-                del self.closed[key]
-                tags["rerun_after_error"] = "true"
-            self._load_logged(key)
-            store.log_batch(key, tags=tags)
-            store.set_status(key, "RUNNING")
-            return
         resolved = apply_params(config["base"], config["params"])
         tags = {
             "study": self.study,
@@ -833,9 +822,6 @@ class MlflowTracking(Callback):
             "gradient": resolved["gradient"],
             "role": "trial",
         }
-        run_name = f"{cell.key}#{config['optuna_trial_number']}"
-        store.create_run(key, tags, run_name, parent=cell_run_key(cell.key))
-        self._logged[key] = set()
         params = {
             **{f"config.{k}": v for k, v in flatten(resolved).items()},
             **{f"searched.{k}": v for k, v in config["params"].items()},
@@ -846,7 +832,23 @@ class MlflowTracking(Callback):
             values[names[name]], truncated = param_value(value)
             if truncated:
                 full[names[name]] = value
-        store.log_batch(key, params=values)
+        if key in self.run_ids:  # adopted: a resumed trial, or one run again after a crash
+            status = self.closed.get(key)
+            if status == "FINISHED":
+                return  # it ended before a crash; Tune reruns it from a checkpoint: keep as is
+            if status is not None:  # rerun after an error (study resume): the run goes on
+                del self.closed[key]
+                tags["rerun_after_error"] = "true"
+            self._load_logged(key)
+            # Tags and params again (the same values: idempotent), in case the crash came
+            # between creating the run and logging them.
+            store.log_batch(key, params=values, tags=tags)
+            store.set_status(key, "RUNNING")
+        else:
+            run_name = f"{cell.key}#{config['optuna_trial_number']}"
+            store.create_run(key, tags, run_name, parent=cell_run_key(cell.key))
+            self._logged[key] = set()
+            store.log_batch(key, params=values)
         if full:
             store.log_text(key, json.dumps(full, indent=2, default=str), PARAMS_FULL_FILE)
 

@@ -118,7 +118,10 @@ def trainable(spec: StudySpec) -> Any:
 
     return tune.with_resources(
         tune.with_parameters(
-            train, objective=spec.objective, checkpoint_every_s=spec.checkpoint_every_s
+            train,
+            objective=spec.objective,
+            checkpoint_every_s=spec.checkpoint_every_s,
+            results_dir=str(spec.results_dir),
         ),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
@@ -134,6 +137,7 @@ def run_study(spec: StudySpec, summary_json: str | None = None) -> list[CellSumm
     try:
         concurrency = check_cluster(spec)
         _quiet_tune()
+        _pending_trials(concurrency)
         folder = study_dir(spec)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / SPEC_FILE).write_text(spec.to_json())
@@ -217,7 +221,7 @@ def resume_study(spec: StudySpec, summary_json: str | None = None) -> list[CellS
         print(f"study {spec.name}: {told} results recorded after the crash", file=sys.stderr)
     started = start_ray(spec)
     try:
-        check_cluster(spec)
+        _pending_trials(check_cluster(spec))
         _quiet_tune()
         print(f"study {spec.name}: resuming from {study_dir(spec)}", file=sys.stderr)
         tuner = tune.Tuner.restore(
@@ -269,6 +273,13 @@ def _epoch_length(cell: Cell) -> int:
     from trainables.data import load_dataset
 
     return len(load_dataset(cell.dataset).train_y)
+
+
+def _pending_trials(concurrency: int) -> None:
+    # Tune lets a custom searcher have one PENDING trial at a time unless it is wrapped in a
+    # ConcurrencyLimiter (which CellSearcher replaces, see study.searcher): with one pending
+    # trial at a time the trials would start one after another.
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(concurrency)
 
 
 def _quiet_tune() -> None:

@@ -21,11 +21,13 @@ checkpoint re-reports the final result instead of training again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import pickle
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,31 +96,35 @@ def train(
     config: dict[str, Any],
     objective: str = "test_loss_auc",
     checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+    results_dir: str | None = None,
 ) -> None:
     """Ray Tune function trainable: train one configuration's replicates, report, checkpoint.
 
     Args:
-        config: Tune's trial config (see the module docstring).
+        config: Tune's trial config (see the module docstring); ``previous_trials`` (Ray trial
+            ids that ran this configuration before a driver crash) may be added by the searcher.
         objective: the run metric the study optimises; reported as ``objective`` (finite).
         checkpoint_every_s: seconds between intermediate checkpoints (0: every evaluation).
+        results_dir: the study's Ray results folder, when the workers see it as a file system:
+            checkpoints there that are newer than Tune's (saved after its last snapshot of the
+            experiment, which a killed driver leaves behind) are resumed from.
     """
     # One thread per trial: trials are the unit of parallelism, and several intra-op threads per
     # trial on a shared machine only contend (per-sample steps are far too small to split).
     torch.set_num_threads(1)
     run = TrialRun(trial_config(config))
     history: list[dict[str, float]] = []
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            with open(Path(folder) / STATE_FILE, "rb") as handle:
+    with _latest_checkpoint(config, results_dir) as folder:
+        if folder is not None:
+            with open(folder / STATE_FILE, "rb") as handle:
                 saved = pickle.load(handle)
-            if (Path(folder) / FINAL_FILE).exists():
-                # Restored after the trial ended (a driver crash hid its end): report, no work.
-                final = json.loads((Path(folder) / FINAL_FILE).read_text())
-                tune.report(final, checkpoint=tune.Checkpoint.from_directory(folder))
+            if (folder / FINAL_FILE).exists():
+                # The trial had ended (a driver crash hid its end): report it again, no work.
+                final = json.loads((folder / FINAL_FILE).read_text())
+                tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(folder)))
                 return
-        run.load_state_dict(saved["run"])
-        history = saved["history"]
+            run.load_state_dict(saved["run"])
+            history = saved["history"]
     last_checkpoint = time.monotonic()
     for point in run:
         metrics = _point_metrics(point)
@@ -148,6 +154,43 @@ def train(
             last_checkpoint = time.monotonic()
         else:
             tune.report(report)
+
+
+@contextlib.contextmanager
+def _latest_checkpoint(config: dict[str, Any], results_dir: str | None) -> Iterator[Path | None]:
+    """The folder to resume from: a final checkpoint of this configuration on disk, else the
+    newest readable one on disk (this trial's or an earlier run's of it), else Tune's."""
+    on_disk: list[Path] = []
+    if results_dir is not None and Path(results_dir).is_dir():
+        ids = [tune.get_context().get_trial_id(), *config.get("previous_trials", [])]
+        on_disk = sorted(
+            (
+                folder
+                for trial_id in ids
+                for folder in Path(results_dir).glob(f"trial_{trial_id}/checkpoint_*")
+            ),
+            key=lambda folder: ((folder / FINAL_FILE).exists(), folder.stat().st_mtime),
+        )
+    # A checkpoint cut short by a crash while it was copied is passed over for an older one.
+    found = next((folder for folder in reversed(on_disk) if _readable(folder)), None)
+    if found is not None:
+        yield found
+        return
+    checkpoint = tune.get_checkpoint()  # remote storage: only Tune knows the checkpoints
+    if checkpoint is None:
+        yield None
+        return
+    with checkpoint.as_directory() as folder:
+        yield Path(folder)
+
+
+def _readable(folder: Path) -> bool:
+    try:
+        with open(folder / STATE_FILE, "rb") as handle:
+            pickle.load(handle)
+    except (OSError, EOFError, pickle.UnpicklingError):
+        return False
+    return True
 
 
 def _point_metrics(point: EvalPoint) -> dict[str, float]:

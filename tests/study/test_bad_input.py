@@ -146,9 +146,12 @@ CASES: list[tuple[str, list[str], list[str]]] = [
 
 
 def _arguments(command: str, args: list[str], tmp: Path, silent: int) -> list[str]:
-    filled = [
-        a.format(tmp=tmp, closed=_closed_port(), silent=silent).removeprefix("@") for a in args
-    ]
+    values = {"{tmp}": str(tmp), "{closed}": str(_closed_port()), "{silent}": str(silent)}
+    filled = []
+    for arg in args:
+        for placeholder, value in values.items():
+            arg = arg.replace(placeholder, value)
+        filled.append(arg.removeprefix("@"))
     source = [] if args and args[0].startswith("@") else ["smoke"]
     return [STUDY, command, *source, *filled]
 
@@ -219,3 +222,17 @@ def test_relative_paths_are_accepted_and_made_absolute(tmp_path: Path) -> None:
     assert f"storage path {tmp_path}/rel/ray: writable" in done.stdout
     assert f"tracking store sqlite:///{tmp_path}/rel/mlruns/mlflow.db: writable" in done.stdout
     assert not (tmp_path / "rel").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_real_ray_head_passes_the_handshake_check(ray_local: None) -> None:
+    """Invariant: the gRPC handshake that rejects a silent port accepts a real Ray head."""
+    import ray
+
+    from study.preflight import check_ray
+    from study.spec import load_spec
+
+    address = ray.get_runtime_context().gcs_address
+    spec = load_spec("smoke", [f"ray_address='{address}'"])
+    assert check_ray(spec) == f"ray: {address} reachable"

@@ -136,7 +136,7 @@ def test_restore_hands_out_forgotten_trials_and_counts_forgotten_results(tmp_pat
     restored, _ = _journal_searcher(tmp_path / "unused")
     restored.restore(str(snapshot / "searcher-state.pkl"))
     again = restored.suggest("t2-again")
-    assert again == t2, "the forgotten unfinished trial, same number and config"
+    assert again == {**t2, "previous_trials": ["t2"]}, "the forgotten trial, same config"
     rest = []
     while (config := restored.suggest(f"u{len(rest)}")) != Searcher.FINISHED:
         rest.append(config)
@@ -200,3 +200,25 @@ def test_the_searcher_limits_trials_in_flight(tmp_path: Path) -> None:
     assert searcher.suggest("c") is None
     searcher.on_trial_complete("a", {"objective": 0.1, "final": 1})
     assert isinstance(searcher.suggest("c"), dict)
+
+
+def test_a_trial_the_driver_died_asking_is_finished_with_its_number(tmp_path: Path) -> None:
+    """Invariant: a trial created in the journal whose config was never written (the driver
+    died inside ask) is completed under its own number: the cell's numbers stay 0..budget-1."""
+    searcher, cells = _journal_searcher(tmp_path, budget=2)
+    snapshot = tmp_path / "snapshot"
+    snapshot.mkdir()
+    searcher.save(str(snapshot / "searcher-state.pkl"))
+    _tune_state(snapshot, {})
+    half = searcher.studies[cells[0].key].ask()  # the paper trial, its config never written
+    restored, _ = _journal_searcher(tmp_path / "unused", budget=2)
+    restored.restore(str(snapshot / "searcher-state.pkl"))
+    first = restored.suggest("t0")
+    assert (first["cell"], first["optuna_trial_number"]) == (cells[0].key, half.number)
+    assert first["paper_setting"] and first["params"] == cells[0].paper_params()
+    configs = [first]
+    while (config := restored.suggest(f"t{len(configs)}")) != Searcher.FINISHED:
+        configs.append(config)
+    for cell in cells:
+        numbers = sorted(c["optuna_trial_number"] for c in configs if c["cell"] == cell.key)
+        assert numbers == [0, 1]
