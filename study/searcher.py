@@ -34,6 +34,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 from ray.tune.search import Searcher
@@ -117,6 +118,7 @@ class CellSearcher(Searcher):
         self.paper_first = spec.paper_setting_first
         self.durable = storage is not None
         self.max_concurrent = max_concurrent
+        self.sampler_name, self.seed = spec.sampler, spec.seed
         direction = "minimize" if spec.direction == "min" else "maximize"
         self.studies: dict[str, optuna.Study] = {}
         for cell in cells:
@@ -266,10 +268,15 @@ class CellSearcher(Searcher):
                     self.replay.append((key, trial.number))  # asked, never finished, forgotten
                 if status not in ("PENDING", "RUNNING", "PAUSED", "ERROR"):
                     self.live.discard(ray_id)  # Tune will not run it (again) under this id
+            if self.sampler_name != "qmc":  # QMC resumes its sequence from the storage
+                # The pickled sampler's random state is that of the snapshot: it would draw
+                # again the points asked after it. A seed from the trials so far avoids that.
+                seed = np.random.SeedSequence([self.seed, self.cells[key].index, len(asked)])
+                study.sampler = make_sampler(self.sampler_name, int(seed.generate_state(1)[0]))
         if self.replay:
             logger.warning("%d trials asked before the crash are run again", len(self.replay))
 
-# -- queries for reports ---------------------------------------------------------------------
+    # -- queries for reports ---------------------------------------------------------------------
     def trial_info(self, trial_id: str) -> tuple[str, int, bool] | None:
         """(cell key, Optuna trial number, paper setting) of a Ray trial made here."""
         return self.trials.get(trial_id)

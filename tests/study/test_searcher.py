@@ -144,6 +144,13 @@ def test_restore_hands_out_forgotten_trials_and_counts_forgotten_results(tmp_pat
     for config in [t0, t1, again, *rest]:
         numbers[config["cell"]].append(config["optuna_trial_number"])
     assert all(sorted(n) == [0, 1, 2] for n in numbers.values()), numbers
+    for cell in cells:  # the snapshot's sampler state must not draw t1/t2's points again
+        points = [
+            tuple(sorted(c["params"].items()))
+            for c in [t0, t1, again, *rest]
+            if c["cell"] == cell.key
+        ]
+        assert len(set(points)) == len(points), "no configuration asked twice"
     restored.on_trial_complete("t0", {"objective": 0.2, "final": 1})  # Tune resumes t0
     restored.on_trial_complete("t2-again", {"objective": 0.3, "final": 1})
     values = {
