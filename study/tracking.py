@@ -607,6 +607,8 @@ class MlflowTracking(Callback):
         """Run key -> terminal status of the trial runs that are finished."""
         self.trial_keys: dict[str, str] = {}
         """Ray trial id -> run key."""
+        self._started: set[str] = set()
+        """Run keys of trial runs created in this session (their ids may wait in the spool)."""
         self._store: TrackingStore | None = None
         self._buffer: dict[str, list[Metric]] = {}
         self._logged: dict[str, set[tuple[str, int]]] = {}
@@ -620,7 +622,8 @@ class MlflowTracking(Callback):
     # -- pickling: Tune stores callbacks with the experiment; clients and buffers stay behind --
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_store=None, _buffer={}, _logged={}, _careful=set(), _adopted_running={})
+        state.update(_store=None, _buffer={}, _logged={}, _careful=set())
+        state.update(_adopted_running={}, _started=set())
         return state
 
     def get_state(self) -> dict[str, Any]:
@@ -832,7 +835,9 @@ class MlflowTracking(Callback):
             values[names[name]], truncated = param_value(value)
             if truncated:
                 full[names[name]] = value
-        if key in self.run_ids:  # adopted: a resumed trial, or one run again after a crash
+        # adopted: a resumed trial, one run again after a crash, or restarted by Tune (its run
+        # may still wait in the spool, so the key, not the run id, says it exists)
+        if key in self.run_ids or key in self._started:
             status = self.closed.get(key)
             if status == "FINISHED":
                 return  # it ended before a crash; Tune reruns it from a checkpoint: keep as is
@@ -847,6 +852,7 @@ class MlflowTracking(Callback):
         else:
             run_name = f"{cell.key}#{config['optuna_trial_number']}"
             store.create_run(key, tags, run_name, parent=cell_run_key(cell.key))
+            self._started.add(key)
             self._logged[key] = set()
             store.log_batch(key, params=values)
         if full:
@@ -880,7 +886,7 @@ class MlflowTracking(Callback):
 
     def _finish(self, trial: Trial, status: str) -> None:
         key = self.trial_keys.get(trial.trial_id)
-        if key is None or key in self.closed or key not in self.run_ids:
+        if key is None or key in self.closed:
             return
         final = trial.last_result or {}
         error = str(trial.error_file or "see Ray logs") if status == "FAILED" else None
