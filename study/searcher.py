@@ -316,6 +316,21 @@ def record(study: optuna.Study, number: int, state: TrialState, value: float | N
         study.tell(number, state=state, skip_if_finished=True)
 
 
+def repair_journal(path: Path) -> None:
+    """Undo what a driver killed inside a journal append leaves: a last line cut short (never
+    applied; the next append would glue onto it and make the journal unreadable) and the
+    append's lock (``<journal>.lock``, Optuna's symlink lock; nobody else writes a study's
+    journal, so it is taken over now rather than after its 30 s grace period)."""
+    Path(f"{path}.lock").unlink(missing_ok=True)
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as handle:
+        data = handle.read()
+        if not data.endswith(b"\n"):
+            handle.truncate(data.rfind(b"\n") + 1)
+            logger.warning("dropped a journal record cut short by the crash in %s", path)
+
+
 def recover(spec: StudySpec, cells: list[Cell]) -> int:
     """Tell the results that a killed driver never told (run by ``study resume`` first).
 
@@ -326,6 +341,8 @@ def recover(spec: StudySpec, cells: list[Cell]) -> int:
     """
     from trainables.tune_adapter import FINAL_FILE
 
+    if spec.optuna_storage is None:
+        repair_journal(spec.results_dir / JOURNAL_FILE)
     tune_trials = restored_tune_trials(spec.results_dir) or {}
     storage = optuna_storage(spec)
     told = 0

@@ -236,3 +236,36 @@ def test_a_real_ray_head_passes_the_handshake_check(ray_local: None) -> None:
     address = ray.get_runtime_context().gcs_address
     spec = load_spec("smoke", [f"ray_address='{address}'"])
     assert check_ray(spec) == f"ray: {address} reachable"
+
+
+def test_a_deleted_experiment_is_one_clear_error_or_an_explicit_restore(tmp_path: Path) -> None:
+    """Invariant: `study run` with the name of a deleted MLflow experiment exits 2 with one line
+    naming the name and --restore-deleted, creating nothing and changing no experiment;
+    with restore_deleted the experiment comes back and the new study takes a fresh name."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    from study.spec import load_spec
+    from study.tuner import unique_name
+
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    client = MlflowClient(uri)
+    client.delete_experiment(client.create_experiment("smoke"))
+    before = {(e.name, e.lifecycle_stage) for e in client.search_experiments(ViewType.ALL)}
+    done = subprocess.run(
+        [STUDY, "run", "smoke", "--tracking-uri", uri],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    for word in ("name='smoke'", "is deleted", "--restore-deleted"):
+        assert word in line, line
+    assert not (tmp_path / ".study").exists()
+    assert {(e.name, e.lifecycle_stage) for e in client.search_experiments(ViewType.ALL)} == before
+
+    spec = load_spec("smoke", [f"tracking_uri='{uri}'", f"storage_path='{tmp_path / 'ray'}'"])
+    assert unique_name(spec, restore_deleted=True) == "smoke-2"
+    assert client.get_experiment_by_name("smoke").lifecycle_stage == "active"

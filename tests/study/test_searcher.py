@@ -229,3 +229,24 @@ def test_a_trial_the_driver_died_asking_is_finished_with_its_number(tmp_path: Pa
     for cell in cells:
         numbers = sorted(c["optuna_trial_number"] for c in configs if c["cell"] == cell.key)
         assert numbers == [0, 1]
+
+
+def test_a_journal_cut_short_by_a_crash_is_repaired(tmp_path: Path) -> None:
+    """Invariant: after a kill inside an append (a cut last record, a left lock), the journal
+    reads as before the append and takes new writes (it would be unreadable otherwise)."""
+    from study.searcher import JOURNAL_FILE, repair_journal
+
+    searcher, cells = _journal_searcher(tmp_path, budget=2)
+    config = searcher.suggest("t0")
+    journal = tmp_path / "ray" / "smoke" / JOURNAL_FILE
+    whole = journal.read_bytes()
+    with open(journal, "ab") as handle:
+        handle.write(b'{"op_code":6,"worker_id":"x","trial_id"')  # the record cut short
+    Path(f"{journal}.lock").symlink_to(journal)
+    repair_journal(journal)
+    assert journal.read_bytes() == whole and not Path(f"{journal}.lock").exists()
+    spec = load_spec("smoke", ["models=leaky", f"storage_path='{tmp_path / 'ray'}'"])
+    study = optuna.load_study(study_name=cells[0].optuna_name, storage=optuna_storage(spec))
+    study.tell(config["optuna_trial_number"], 0.5)  # a new write after the repair
+    again = optuna.load_study(study_name=cells[0].optuna_name, storage=optuna_storage(spec))
+    assert again.trials[config["optuna_trial_number"]].value == 0.5
