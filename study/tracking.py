@@ -115,19 +115,21 @@ def deleted_experiment_error(spec: StudySpec) -> SpecError:
     )
 
 
-def experiment_stage(client: MlflowClient, name: str) -> str | None:
-    """'active', 'deleted' or None (no experiment of that name)."""
-    found = client.get_experiment_by_name(name)
-    return None if found is None else found.lifecycle_stage
+def settle_deleted_experiment(
+    client: MlflowClient, spec: StudySpec, restore_deleted: bool
+) -> None:
+    """If the study's experiment is deleted: restore it when asked to, else the one error.
 
-
-def restore_deleted_experiment(client: MlflowClient, name: str) -> bool:
-    """Restore the deleted experiment ``name``; False if it is not deleted."""
-    found = client.get_experiment_by_name(name)
+    Raises:
+        SpecError: the experiment is deleted and not ``restore_deleted``.
+    """
+    found = client.get_experiment_by_name(spec.name)
     if found is None or found.lifecycle_stage != "deleted":
-        return False
+        return
+    if not restore_deleted:
+        raise deleted_experiment_error(spec)
     client.restore_experiment(found.experiment_id)
-    return True
+    print(f"study: restored the deleted experiment {spec.name!r}", file=sys.stderr)
 
 
 def experiment_id(client: MlflowClient, spec: StudySpec) -> str:
@@ -165,7 +167,7 @@ def valid_key(name: str) -> str:
     original at the end when it is shortened, so two long names stay apart.
 
     >>> valid_key("eval/test loss (%)")
-    'eval/test loss _%_'
+    'eval/test loss ___'
     >>> valid_key("/a//b/../c/")
     'a/b/__/c'
     """

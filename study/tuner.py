@@ -27,7 +27,7 @@ from study.progress import (
 )
 from study.searcher import CellSearcher, optuna_storage, recover
 from study.spec import SpecError, StudySpec
-from study.tracking import MlflowTracking, deleted_experiment_error
+from study.tracking import MlflowTracking
 
 SPEC_FILE = "study_spec.json"
 """The resolved spec, stored in the study's Ray results folder so resume needs only the name."""
@@ -51,22 +51,18 @@ def unique_name(spec: StudySpec, restore_deleted: bool = False) -> str:
     """
     from mlflow.entities import ViewType
 
-    from study.tracking import connect, restore_deleted_experiment
+    from study.tracking import connect, settle_deleted_experiment
 
-    stages: dict[str, str] = {}
+    taken: set[str] = set()
     db = spec.tracking_uri.removeprefix("sqlite:///")
     if db == spec.tracking_uri or Path(db).exists():  # a missing SQLite store holds no names
         client = connect(spec.tracking_uri)
-        for found in client.search_experiments(view_type=ViewType.ALL, max_results=50000):
-            stages[found.name] = found.lifecycle_stage
-        if stages.get(spec.name) == "deleted":
-            if not restore_deleted:
-                raise deleted_experiment_error(spec)
-            restore_deleted_experiment(client, spec.name)
-            print(f"study: restored the deleted experiment {spec.name!r}", file=sys.stderr)
+        settle_deleted_experiment(client, spec, restore_deleted)
+        found = client.search_experiments(view_type=ViewType.ALL, max_results=50000)
+        taken = {experiment.name for experiment in found}
 
     def free(name: str) -> bool:
-        return name not in stages and not (Path(spec.storage_path) / name).exists()
+        return name not in taken and not (Path(spec.storage_path) / name).exists()
 
     name, number = spec.name, 1
     while not free(name):
@@ -194,14 +190,9 @@ def check_resumable(spec: StudySpec, restore_deleted: bool = False) -> None:
     Raises:
         SpecError: the experiment is deleted and not ``restore_deleted``.
     """
-    from study.tracking import connect, experiment_stage, restore_deleted_experiment
+    from study.tracking import connect, settle_deleted_experiment
 
-    client = connect(spec.tracking_uri)
-    if experiment_stage(client, spec.name) == "deleted":
-        if not restore_deleted:
-            raise deleted_experiment_error(spec)
-        restore_deleted_experiment(client, spec.name)
-        print(f"study: restored the deleted experiment {spec.name!r}", file=sys.stderr)
+    settle_deleted_experiment(connect(spec.tracking_uri), spec, restore_deleted)
 
 
 def resume_study(spec: StudySpec, summary_json: str | None = None) -> list[CellSummary]:

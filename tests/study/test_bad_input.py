@@ -156,6 +156,7 @@ def _arguments(command: str, args: list[str], tmp: Path, silent: int) -> list[st
     return [STUDY, command, *source, *filled]
 
 
+@pytest.mark.slow  # two CLI processes per row (each pays Python + torch start-up, ~2 s)
 @pytest.mark.parametrize(("args", "words"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_bad_input_exits_2_with_one_line_and_creates_nothing(
     tmp_path: Path, silent_port: int, args: list[str], words: list[str]

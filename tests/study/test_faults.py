@@ -192,17 +192,22 @@ bptt_window = 3
 """
 
 
-def test_killed_worker_resumes_from_its_checkpoint_with_identical_numbers(tmp_path: Path) -> None:
-    """Invariant: each trial's worker process is SIGKILLed mid-trial (after a checkpoint,
-    before the end); the trial continues in a new process from that checkpoint (its first
-    result there is past 0 samples) and ends with exactly the curves, run metrics and metric
-    history of the same configuration trained without interruption (CPU, bit for bit)."""
+def test_killed_workers_resume_from_checkpoints_with_identical_numbers(tmp_path: Path) -> None:
+    """Invariant: the worker processes of both trials are SIGKILLed mid-trial three times (each
+    time after a new checkpoint, before the end): after each kill the trial goes on in a new
+    process from a checkpoint (its first result there is past 0 samples); the third kill is one
+    more than `max_failures` allows, so the trial errors, its run is FAILED and Optuna is told
+    FAIL; `study resume` reruns it from its checkpoint. Every trial then ends with exactly
+    (CPU, bit for bit) the curves, run metrics and metric history of the same configuration
+    trained without interruption; its run is FINISHED (tagged rerun_after_error) and its Optuna
+    study holds the rerun's result in one `retry_of` record."""
     import numpy as np
     import torch
 
     from trainables.engine import TrialRun
     from trainables.tune_adapter import trial_config
 
+    kills = 3  # FailureConfig(max_failures=2): the third failure ends the trial with an error
     (tmp_path / "worker-death.toml").write_text(WORKER_SPEC)
     driver = _study(
         ["run", "worker-death.toml"],
@@ -211,49 +216,73 @@ def test_killed_worker_resumes_from_its_checkpoint_with_identical_numbers(tmp_pa
         stderr=open(tmp_path / "driver.log", "w"),  # noqa: SIM115 - closed with the process
     )
     folder = tmp_path / ".study" / "ray_results" / "worker-death"
-    killed: list[int] = []
+    rounds: list[dict[str, int]] = []
+    """Checkpoints of each trial when its worker was killed, per round of kills."""
     try:
 
-        def kill_both_workers_mid_trial() -> bool:
+        def kill_workers_past_a_new_checkpoint() -> bool:
             # Checkpoints are written by the workers themselves (result.json by the driver,
-            # which may lag): kill once each trial has two and neither has its final one.
+            # which may lag). Round 1: each trial has two; later: one more than at the last.
             trial_dirs = list(folder.glob("trial_*"))
-            progress = [len(list(d.glob("checkpoint_*"))) for d in trial_dirs]
-            if len(trial_dirs) < 2 or min(progress) < 2:
+            if len(trial_dirs) < 2:
                 return False
-            assert not list(folder.glob("trial_*/checkpoint_*/final.json")), "killed too late"
+            assert not list(folder.glob("trial_*/checkpoint_*/final.json")), "too late"
+            counts = {d.name: len(list(d.glob("checkpoint_*"))) for d in trial_dirs}
+            needed = {n: rounds[-1][n] + 1 if rounds else 2 for n in counts}
+            if any(counts[n] < needed[n] for n in counts):
+                return False
             workers = [p for p in _descendants(driver.pid) if _is_trial_worker(p)]
-            assert len(workers) == 2, workers
+            if len(workers) != 2:
+                return False  # a trial is between processes
             for pid in workers:
                 os.kill(pid, signal.SIGKILL)
-            killed.extend(workers)
-            return True
+            rounds.append(counts)
+            return len(rounds) == kills
 
-        _wait(kill_both_workers_mid_trial, 240, "both trials past two checkpoints", driver)
+        _wait(kill_workers_past_a_new_checkpoint, 300, f"{kills} rounds of kills", driver)
         assert driver.wait(timeout=300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
         if driver.poll() is None:
             driver.kill()
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    runs = [r for r in _runs(client, "worker-death") if r.data.tags.get("role") == "trial"]
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FAILED"], "both trials errored"
+    spec = load_stored_spec("worker-death", str(tmp_path / ".study" / "ray_results"))
+    studies = {
+        c.key: optuna.load_study(study_name=c.optuna_name, storage=optuna_storage(spec))
+        for c in expand(spec)
+    }
+    assert all(s.trials[0].state.name == "FAIL" for s in studies.values())
+
+    resume = subprocess.run(
+        [STUDY, "resume", "worker-death"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resume.returncode == 0, resume.stderr[-3000:]
     runs = {
         r.data.tags["ray_trial_id"]: r
         for r in _runs(client, "worker-death")
         if r.data.tags.get("role") == "trial"
     }
-    assert len(runs) == 2
+    assert len(runs) == 2, "one run per trial, also after the error and the rerun"
     torch.set_num_threads(1)  # as in the trainable: the same reduction order
     for trial_dir in folder.glob("trial_*"):
         results = _results(trial_dir)
-        pids = [r["pid"] for r in results]
-        assert len(set(pids)) == 2 and pids[0] in killed, "killed once, restarted once"
-        first_after = next(r for r in results if r["pid"] != pids[0])
-        assert first_after["samples_seen"] > 0, "continued from a checkpoint, not from 0"
+        pids = list(dict.fromkeys(r["pid"] for r in results))
+        assert len(pids) == kills + 1, "three processes killed, then the rerun's"
+        for pid in pids[1:]:
+            first = next(r for r in results if r["pid"] == pid)
+            assert first["samples_seen"] > 0, "continued from a checkpoint, not from 0"
         config = json.loads((trial_dir / "params.json").read_text())
         reference = TrialRun(trial_config(config))
         points = list(reference)
         expected = reference.result()
         run = runs[trial_dir.name.removeprefix("trial_")]
-        assert run.info.status == "FINISHED" and run.data.tags["diverged"] == "false"
+        assert run.info.status == "FINISHED" and run.data.tags["rerun_after_error"] == "true"
+        assert run.data.tags["diverged"] == "false"
         path = client.download_artifacts(run.info.run_id, "curves.json", str(tmp_path))
         curves = json.loads(Path(path).read_text())
         assert curves["samples_seen"] == expected.samples_seen.tolist()
@@ -266,6 +295,10 @@ def test_killed_worker_resumes_from_its_checkpoint_with_identical_numbers(tmp_pa
         assert sorted((m.step, m.value) for m in history) == [
             (p.samples_seen, p.metrics()["eval/test_loss"]) for p in points
         ], "each point once, with the uninterrupted value"
+        trials = studies[config["cell"]].trials
+        assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+        assert trials[1].user_attrs["retry_of"] == 0
+        assert trials[1].value == run.data.metrics["objective"], "Optuna knows the rerun"
 
 
 # ---------------------------------------------------------------------------------------------
