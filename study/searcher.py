@@ -339,7 +339,7 @@ def recover(spec: StudySpec, cells: list[Cell]) -> int:
     recorded TERMINATED without one was stopped by the scheduler (PRUNED). Returns how many
     trials were told.
     """
-    from trainables.tune_adapter import FINAL_FILE
+    from trainables.tune_adapter import FINAL_FILE, final_checkpoints
 
     if spec.optuna_storage is None:
         repair_journal(spec.results_dir / JOURNAL_FILE)
@@ -354,18 +354,13 @@ def recover(spec: StudySpec, cells: list[Cell]) -> int:
         for trial in asked_trials(study):
             if trial.state != TrialState.RUNNING:
                 continue
-            finals = sorted(
-                (
-                    path
-                    for ray_id in trial.user_attrs[TUNE_ATTR]["ray_trial_ids"]
-                    for path in spec.results_dir.glob(f"trial_{ray_id}/checkpoint_*/{FINAL_FILE}")
-                ),
-                key=lambda path: path.stat().st_mtime,
-            )
+            ray_ids = trial.user_attrs[TUNE_ATTR]["ray_trial_ids"]
+            finals = final_checkpoints(spec.results_dir, ray_ids)
             if trial.user_attrs.get("paper_setting_outside_space") and finals:
                 record(study, trial.number, TrialState.FAIL, None)
             elif finals:
-                record(study, trial.number, *outcome(json.loads(finals[-1].read_text())))
+                final = json.loads((finals[-1] / FINAL_FILE).read_text())
+                record(study, trial.number, *outcome(final))
             elif tune_trials.get((cell.key, trial.number)) == "TERMINATED":
                 record(study, trial.number, TrialState.PRUNED, None)
             else:

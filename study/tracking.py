@@ -56,7 +56,13 @@ from ray.tune import Callback
 from search_spaces import apply_params
 from study.cells import Cell
 from study.spec import SpecError, StudySpec
-from trainables.tune_adapter import CURVES_FILE, FINAL_FILE, HISTORY_FILE
+from trainables.tune_adapter import (
+    CONFIG_FILE,
+    CURVES_FILE,
+    FINAL_FILE,
+    HISTORY_FILE,
+    final_checkpoints,
+)
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -776,16 +782,12 @@ class MlflowTracking(Callback):
         """Finish RUNNING trial runs whose trial ended (final checkpoint on disk) while no
         driver was there to log it: a driver killed between the trial's end and its log."""
         for key, ray_id in sorted(self._adopted_running.items()):
-            finals = sorted(
-                self.results_dir.glob(f"trial_{ray_id}/checkpoint_*/{FINAL_FILE}"),
-                key=lambda path: path.stat().st_mtime,
-            )
-            if not ray_id or not finals:
+            finals = final_checkpoints(self.results_dir, [ray_id]) if ray_id else []
+            if not finals:
                 continue
-            folder = finals[-1].parent
-            final = json.loads(finals[-1].read_text())
-            params = self.results_dir / f"trial_{ray_id}" / "params.json"
-            config = json.loads(params.read_text()) if params.exists() else None
+            folder = finals[-1]
+            final = json.loads((folder / FINAL_FILE).read_text())
+            config = json.loads((folder / CONFIG_FILE).read_text())
             self._load_logged(key)
             self._finish_run(key, final, folder, "FINISHED", config, None)
         self._adopted_running.clear()

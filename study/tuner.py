@@ -215,6 +215,7 @@ def resume_study(spec: StudySpec, summary_json: str | None = None) -> list[CellS
         _pending_trials(check_cluster(spec))
         _quiet_tune()
         print(f"study {spec.name}: resuming from {study_dir(spec)}", file=sys.stderr)
+        _forget_stale_decisions(study_dir(spec))
         tuner = tune.Tuner.restore(
             str(study_dir(spec)), trainable=trainable(spec), resume_errored=True
         )
@@ -225,6 +226,28 @@ def resume_study(spec: StudySpec, summary_json: str | None = None) -> list[CellS
             import ray
 
             ray.shutdown()
+
+
+def _forget_stale_decisions(folder: Path) -> None:
+    """Drop the trial decisions Tune saved with its experiment state before it is restored.
+
+    Ray 2.60's TuneController keeps ``_cached_trial_decisions`` (and ``_queued_...``) in its
+    snapshot: a trial whose worker died during a checkpoint save leaves a cached STOP, which the
+    restored run applies to that trial's first checkpoint after ``study resume`` (the trial
+    stops one evaluation later, without its final result). Decisions belong to the session that
+    made them.
+    """
+    states = sorted(folder.glob("experiment_state-*.json"))
+    if not states:
+        return
+    state = json.loads(states[-1].read_text())
+    runner = state.get("runner_data", {})
+    if not runner.get("_cached_trial_decisions") and not runner.get("_queued_trial_decisions"):
+        return
+    runner["_cached_trial_decisions"], runner["_queued_trial_decisions"] = {}, {}
+    scratch = states[-1].with_suffix(".tmp")
+    scratch.write_text(json.dumps(state))
+    os.replace(scratch, states[-1])
 
 
 def trial_dirname(trial: Any) -> str:

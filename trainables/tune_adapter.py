@@ -14,8 +14,9 @@ Tune's time axis for ASHA), checkpoints the engine state every ``checkpoint_ever
 buffers, memory state, the position in the ordering and the curves so far (the engine draws no
 random numbers after construction, so there is no RNG state to carry). The final checkpoint also
 holds ``curves.json`` (per-replicate curves), ``history.json`` (the reported metrics of every
-evaluation point) and ``final.json`` (the final report), so the driver can log a trial's results
-from disk even when it learns of them only after a crash. A trial restored from its final
+evaluation point), ``final.json`` (the final report) and ``tune_config.json`` (the trial's
+config), so the driver can log a trial's results from disk even when it learns of them only
+after a crash. A trial restored from its final
 checkpoint re-reports the final result instead of training again.
 """
 
@@ -48,6 +49,9 @@ STATE_FILE = "state.pkl"
 CURVES_FILE = "curves.json"
 HISTORY_FILE = "history.json"
 FINAL_FILE = "final.json"
+CONFIG_FILE = "tune_config.json"
+FINAL_FILES = (STATE_FILE, CURVES_FILE, HISTORY_FILE, CONFIG_FILE, FINAL_FILE)
+"""What a final checkpoint holds (one cut short by a crash while it was copied lacks some)."""
 
 
 def trial_config(config: dict[str, Any]) -> TrialConfig:
@@ -118,7 +122,7 @@ def train(
         if folder is not None:
             with open(folder / STATE_FILE, "rb") as handle:
                 saved = pickle.load(handle)
-            if (folder / FINAL_FILE).exists():
+            if all((folder / name).exists() for name in FINAL_FILES):
                 # The trial had ended (a driver crash hid its end): report it again, no work.
                 final = json.loads((folder / FINAL_FILE).read_text())
                 tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(folder)))
@@ -145,7 +149,7 @@ def train(
             report.update(_final_metrics(run.result(), objective))
             # The last report always carries a checkpoint: the curves the driver logs live there.
             with tempfile.TemporaryDirectory() as folder:
-                _write_checkpoint(Path(folder), run, history, final=report)
+                _write_checkpoint(Path(folder), run, history, final=report, config=config)
                 tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
         elif time.monotonic() - last_checkpoint >= checkpoint_every_s:
             with tempfile.TemporaryDirectory() as folder:
@@ -163,14 +167,17 @@ def _latest_checkpoint(config: dict[str, Any], results_dir: str | None) -> Itera
     on_disk: list[Path] = []
     if results_dir is not None and Path(results_dir).is_dir():
         ids = [tune.get_context().get_trial_id(), *config.get("previous_trials", [])]
-        on_disk = sorted(
+        finals = final_checkpoints(Path(results_dir), ids)
+        others = sorted(
             (
                 folder
                 for trial_id in ids
                 for folder in Path(results_dir).glob(f"trial_{trial_id}/checkpoint_*")
+                if not (folder / FINAL_FILE).exists() and (folder / STATE_FILE).exists()
             ),
-            key=lambda folder: ((folder / FINAL_FILE).exists(), folder.stat().st_mtime),
+            key=_written_at,
         )
+        on_disk = [*others, *finals]  # a final one first, then the newest
     # A checkpoint cut short by a crash while it was copied is passed over for an older one.
     found = next((folder for folder in reversed(on_disk) if _readable(folder)), None)
     if found is not None:
@@ -182,6 +189,24 @@ def _latest_checkpoint(config: dict[str, Any], results_dir: str | None) -> Itera
         return
     with checkpoint.as_directory() as folder:
         yield Path(folder)
+
+
+def final_checkpoints(results_dir: Path, trial_ids: list[str]) -> list[Path]:
+    """The complete final checkpoints of these Ray trials in a study's results folder, oldest
+    first (trial folders ``trial_<id>``, see ``study.tuner.trial_dirname``)."""
+    found = [
+        folder
+        for trial_id in trial_ids
+        for folder in results_dir.glob(f"trial_{trial_id}/checkpoint_*")
+        if all((folder / name).exists() for name in FINAL_FILES)
+    ]
+    return sorted(found, key=_written_at)
+
+
+def _written_at(folder: Path) -> float:
+    # The state file's time, not the folder's: after a restart Tune may number a checkpoint
+    # like one the killed process wrote, and rewrites the files inside that folder.
+    return (folder / STATE_FILE).stat().st_mtime
 
 
 def _readable(folder: Path) -> bool:
@@ -217,14 +242,21 @@ def _finite(value: float, objective: str) -> float:
 
 
 def _write_checkpoint(
-    folder: Path, run: TrialRun, history: list[dict[str, float]], final: dict[str, Any] | None
+    folder: Path,
+    run: TrialRun,
+    history: list[dict[str, float]],
+    final: dict[str, Any] | None,
+    config: dict[str, Any] | None = None,
 ) -> None:
-    """The engine state and reported history; with ``final`` (the last report) the artifacts."""
+    """The engine state and reported history; with ``final`` (the last report) the artifacts,
+    the final report and the trial's Tune ``config``."""
     with open(folder / STATE_FILE, "wb") as handle:
         pickle.dump({"run": run.state_dict(), "history": history}, handle)
     if final is not None:
         (folder / CURVES_FILE).write_text(json.dumps(curves(run.result())))
         (folder / HISTORY_FILE).write_text(json.dumps(history))
+        (folder / CONFIG_FILE).write_text(json.dumps(config))
+        # last: a checkpoint with final.json is complete (the driver reads the others)
         (folder / FINAL_FILE).write_text(json.dumps(final))
 
 

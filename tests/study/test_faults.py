@@ -84,6 +84,13 @@ def _is_trial_worker(pid: int) -> bool:
         return False
 
 
+def _cwd(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
+
+
 def _descendants(ancestor: int) -> list[int]:
     pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
     return [pid for pid in pids if pid != ancestor and _descends_from(pid, ancestor)]
@@ -216,30 +223,30 @@ def test_killed_workers_resume_from_checkpoints_with_identical_numbers(tmp_path:
         stderr=open(tmp_path / "driver.log", "w"),  # noqa: SIM115 - closed with the process
     )
     folder = tmp_path / ".study" / "ray_results" / "worker-death"
-    rounds: list[dict[str, int]] = []
-    """Checkpoints of each trial when its worker was killed, per round of kills."""
+    killed: dict[str, list[int]] = {}
+    """Trial folder -> its checkpoints at each kill of its worker."""
     try:
 
         def kill_workers_past_a_new_checkpoint() -> bool:
             # Checkpoints are written by the workers themselves (result.json by the driver,
-            # which may lag). Round 1: each trial has two; later: one more than at the last.
-            trial_dirs = list(folder.glob("trial_*"))
-            if len(trial_dirs) < 2:
-                return False
-            assert not list(folder.glob("trial_*/checkpoint_*/final.json")), "too late"
-            counts = {d.name: len(list(d.glob("checkpoint_*"))) for d in trial_dirs}
-            needed = {n: rounds[-1][n] + 1 if rounds else 2 for n in counts}
-            if any(counts[n] < needed[n] for n in counts):
-                return False
-            workers = [p for p in _descendants(driver.pid) if _is_trial_worker(p)]
-            if len(workers) != 2:
-                return False  # a trial is between processes
-            for pid in workers:
-                os.kill(pid, signal.SIGKILL)
-            rounds.append(counts)
-            return len(rounds) == kills
+            # which may lag): a trial's worker is killed once the trial has two checkpoints,
+            # then each time it has one more than at the last kill. Tune runs each trial in
+            # its own working directory: that says which worker runs which trial.
+            for trial_dir in folder.glob("trial_*"):
+                kills_so_far = killed.setdefault(trial_dir.name, [])
+                if len(kills_so_far) == kills:
+                    continue
+                assert not list(trial_dir.glob("checkpoint_*/final.json")), "killed too late"
+                count = len(list(trial_dir.glob("checkpoint_*")))
+                if count < (kills_so_far[-1] + 1 if kills_so_far else 2):
+                    continue
+                for pid in _descendants(driver.pid):
+                    if _is_trial_worker(pid) and _cwd(pid).endswith(trial_dir.name):
+                        os.kill(pid, signal.SIGKILL)
+                        kills_so_far.append(count)
+            return len(killed) == 2 and all(len(k) == kills for k in killed.values())
 
-        _wait(kill_workers_past_a_new_checkpoint, 300, f"{kills} rounds of kills", driver)
+        _wait(kill_workers_past_a_new_checkpoint, 300, f"{kills} kills per trial", driver)
         assert driver.wait(timeout=300) == 0, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
         if driver.poll() is None:
@@ -261,6 +268,7 @@ def test_killed_workers_resume_from_checkpoints_with_identical_numbers(tmp_path:
         text=True,
         timeout=300,
     )
+    (tmp_path / "resume.log").write_text(resume.stderr)
     assert resume.returncode == 0, resume.stderr[-3000:]
     runs = {
         r.data.tags["ray_trial_id"]: r

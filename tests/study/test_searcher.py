@@ -14,7 +14,7 @@ from ray.tune.search import Searcher
 from study.cells import expand
 from study.searcher import CellSearcher, optuna_storage, recover
 from study.spec import SAMPLERS, load_spec
-from trainables.tune_adapter import trial_config
+from trainables.tune_adapter import FINAL_FILES, trial_config
 
 
 def _searcher(*overrides: str) -> tuple[CellSearcher, list]:
@@ -188,6 +188,8 @@ def test_recover_tells_results_a_killed_driver_never_told(tmp_path: Path) -> Non
     first, second = searcher.suggest("aaa"), searcher.suggest("bbb")
     folder = spec.results_dir / "trial_aaa" / "checkpoint_000003"
     folder.mkdir(parents=True)
+    for name in FINAL_FILES:  # a complete final checkpoint (its contents: see tune_adapter)
+        (folder / name).write_text("{}")
     (folder / "final.json").write_text(json.dumps({"objective": 0.125, "final": 1}))
     _tune_state(spec.results_dir, {(second["cell"], second["optuna_trial_number"]): "TERMINATED"})
     assert recover(spec, cells) == 2
