@@ -118,10 +118,12 @@ def _run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from study.preflight import preflight
-    from study.tuner import run_study, unique_name
 
     spec = load_from_args(args)
     preflight(spec)
+    # Ray and MLflow are imported once the input is valid (seconds saved on every bad input).
+    from study.tuner import run_study, unique_name
+
     name = unique_name(spec, restore_deleted=args.restore_deleted)
     if name != spec.name:
         print(f"study: {spec.name!r} exists; this run is {name!r}", file=sys.stderr)

@@ -287,6 +287,8 @@ class TrackingStore:
         self.attempts = 0
         """Write attempts and health checks so far (tests check the bound on retries)."""
         self._spooled = len(self._read_spool())
+        self.rejected = 0
+        """Writes MLflow refused in this session (kept in ``rejected.jsonl``)."""
         self._last_probe = time.monotonic()
         self._warned: set[str] = set()
 
@@ -518,6 +520,7 @@ class TrackingStore:
         op = self._keep_file(op)
         with open(self.spool_dir / "rejected.jsonl", "a") as handle:
             handle.write(json.dumps({**op, "error": _short(error)}) + "\n")
+        self.rejected += 1
         kind = getattr(error, "error_code", type(error).__name__)
         if kind not in self._warned:
             self._warned.add(kind)
@@ -733,10 +736,11 @@ class MlflowTracking(Callback):
         store = self.store
         if store.pending:
             self._guard(None, store.replay)
-        if store.pending:
+        if store.pending or store.rejected:
             print(
-                f"study: {store.pending} MLflow writes are kept in {store.spool_dir}; "
-                f"`study sync {self.study}` sends them once {self.tracking_uri} answers",
+                f"study: {store.pending} MLflow writes are kept in {store.spool_dir} and "
+                f"{store.rejected} were refused (rejected.jsonl there); `study sync "
+                f"{self.study}` sends them once {self.tracking_uri} answers",
                 file=sys.stderr,
             )
 

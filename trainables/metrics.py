@@ -18,8 +18,6 @@ import itertools
 
 import numpy as np
 
-from trainables.models import unit_groups
-
 OBJECTIVES: dict[str, str] = {
     "test_loss_auc": "min",
     "test_error_auc": "min",
@@ -133,6 +131,8 @@ def timescale_metrics(r2: np.ndarray) -> dict[str, np.ndarray]:
     each ``timescale_r2_unit{g}_latent{k}`` = M[g, k].
     """
     groups = r2.shape[2]
+    from trainables.models import unit_groups  # torch: not needed to name the metrics
+
     index = unit_groups(r2.shape[1], groups)
     matrix = np.stack([r2[:, index == g].mean(axis=1) for g in range(groups)], axis=1)  # [R,G,G]
 
