@@ -91,9 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--storage-path", help="folder for Ray results and checkpoints")
         sub.add_argument("--data-dir", help="folder with MNIST / Fashion-MNIST IDX files")
 
+    restore_help = "restore the study's MLflow experiment if it was deleted (else: an error)"
     run = commands.add_parser("run", help="run a study (default preset: the paper's Fig. 2)")
     spec_arguments(run)
     run.add_argument("--summary-json", metavar="PATH", help="write the summary as JSON")
+    run.add_argument("--restore-deleted", action="store_true", help=restore_help)
     check = commands.add_parser("check", help="validate a spec and run the preflight checks")
     spec_arguments(check)
     commands.add_parser("presets", help="list the shipped presets")
@@ -104,6 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--storage-path", default=None)
     cluster_arguments(resume)
     resume.add_argument("--summary-json", metavar="PATH")
+    resume.add_argument("--restore-deleted", action="store_true", help=restore_help)
+    sync = commands.add_parser(
+        "sync", help="send the MLflow writes a study kept while its tracking server was down"
+    )
+    sync.add_argument("name")
+    sync.add_argument("--storage-path", default=None)
+    sync.add_argument("--tracking-uri", default=None, help="send them here instead")
+    sync.add_argument("--restore-deleted", action="store_true", help=restore_help)
     report = commands.add_parser("report", help="write a study's report and claims check")
     report.add_argument("name")
     report.add_argument(
@@ -152,11 +162,13 @@ def _run(args: argparse.Namespace) -> int:
     import dataclasses
 
     from study.preflight import preflight
-    from study.tuner import run_study, unique_name
 
     spec = load_from_args(args)
     preflight(spec)
-    name = unique_name(spec)
+    # Ray and MLflow are imported once the input is valid (seconds saved on every bad input).
+    from study.tuner import run_study, unique_name
+
+    name = unique_name(spec, restore_deleted=args.restore_deleted)
     if name != spec.name:
         print(f"study: {spec.name!r} exists; this run is {name!r}", file=sys.stderr)
         spec = dataclasses.replace(spec, name=name)
@@ -262,7 +274,7 @@ def _resume(args: argparse.Namespace) -> int:
 
     from study.preflight import preflight
     from study.spec import SpecError
-    from study.tuner import load_stored_spec, resume_study
+    from study.tuner import check_resumable, load_stored_spec, resume_study
 
     spec = load_stored_spec(args.name, args.storage_path or default_storage_path())
     # Tune restores the tracking callback and the Optuna studies from its own state, bound to
@@ -277,8 +289,29 @@ def _resume(args: argparse.Namespace) -> int:
     if address is not None:
         spec = dataclasses.replace(spec, ray_address=address)
     preflight(spec)
+    check_resumable(spec, restore_deleted=args.restore_deleted)
     resume_study(spec, args.summary_json)
     return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from study.preflight import check_tracking
+    from study.tracking import sync_study
+    from study.tuner import check_resumable, load_stored_spec
+
+    spec = load_stored_spec(args.name, args.storage_path or default_storage_path())
+    if args.tracking_uri is not None:
+        spec = dataclasses.replace(spec, tracking_uri=args.tracking_uri)
+    check_tracking(spec.tracking_uri)
+    check_resumable(spec, restore_deleted=args.restore_deleted)
+    report = sync_study(spec)
+    print(
+        f"study {spec.name}: sent {report.sent} kept MLflow writes to {spec.tracking_uri}, "
+        f"{report.rejected} refused (see its tracking_spool/rejected.jsonl), {report.left} left"
+    )
+    return 0 if report.left == 0 and report.rejected == 0 else 1
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -306,6 +339,7 @@ _COMMANDS = {
     "presets": _presets,
     "list": _list,
     "resume": _resume,
+    "sync": _sync,
     "report": _report,
 }
 

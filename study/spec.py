@@ -436,6 +436,9 @@ class StudySpec:
     """Base seed: trial seeds (the same in every cell, so cells are paired) and sampler seeds."""
     paper_setting_first: bool = True
     """Enqueue the paper's own setting as each cell's first trial."""
+    checkpoint_every_s: float = 30.0
+    """Seconds of training between a trial's intermediate checkpoints (a dead worker's trial
+    restarts from its last one); 0 = at every evaluation point. The end is always checkpointed."""
 
     def __post_init__(self) -> None:
         _check_type("name", self.name, str)
@@ -501,6 +504,12 @@ class StudySpec:
                 _check_type(name, getattr(self, name), str)
         _check_int("seed", self.seed, 0)
         _check_type("paper_setting_first", self.paper_setting_first, bool)
+        _check_number(
+            "checkpoint_every_s",
+            self.checkpoint_every_s,
+            "a number of seconds >= 0",
+            lambda v: v >= 0,
+        )
         if self.network.device == "cuda" and self.resources.gpu == 0:
             raise SpecError(
                 "network.device",
@@ -533,6 +542,11 @@ class StudySpec:
     def direction(self) -> str:
         """'min' or 'max': the direction of ``objective``."""
         return OBJECTIVE_DIRECTIONS[self.objective]
+
+    @property
+    def results_dir(self) -> Path:
+        """The study's folder of Ray results: checkpoints, Optuna journal, tracking spool."""
+        return Path(self.storage_path) / self.name
 
     @property
     def device(self) -> str:
@@ -782,8 +796,9 @@ class StudySpec:
             values["resources"] = ResourcesSpec(
                 **{k: _as_float(f"resources.{k}", v) for k, v in res.items()}
             )
-        if "target_accuracy" in values:
-            values["target_accuracy"] = _as_float("target_accuracy", values["target_accuracy"])
+        for name in ("target_accuracy", "checkpoint_every_s"):
+            if name in values:
+                values[name] = _as_float(name, values[name])
         if "search_space" in values:
             values["search_space"] = _as_table("search_space", values["search_space"])
         return cls(**values)

@@ -26,7 +26,7 @@ from study.progress import (
     write_summary_json,
 )
 from study.scheduler import CellASHA
-from study.searcher import CellSearcher
+from study.searcher import CellSearcher, optuna_storage, recover
 from study.spec import SpecError, StudySpec
 from study.tracking import MlflowTracking
 
@@ -36,19 +36,31 @@ SPEC_FILE = "study_spec.json"
 
 def study_dir(spec: StudySpec) -> Path:
     """Ray Tune's experiment folder of a study."""
-    return Path(spec.storage_path) / spec.name
+    return spec.results_dir
 
 
-def unique_name(spec: StudySpec) -> str:
+def unique_name(spec: StudySpec, restore_deleted: bool = False) -> str:
     """``spec.name``, or ``name-2``, ``name-3``... when results of that name already exist.
 
     A study name is an MLflow experiment, a Ray results folder and an Optuna study prefix; running
     the same preset twice must not mix two studies' runs (``study resume`` continues one instead).
-    """
-    from study.tracking import connect
+    An experiment of that name that was deleted is never reused or skipped silently: it is an
+    error, unless ``restore_deleted`` (then it is restored, with its runs, and counts as taken).
 
-    client = connect(spec.tracking_uri)
-    taken = {e.name for e in client.search_experiments(view_type=3, max_results=50000)}
+    Raises:
+        SpecError: ``spec.name`` belongs to a deleted experiment and not ``restore_deleted``.
+    """
+    from mlflow.entities import ViewType
+
+    from study.tracking import connect, settle_deleted_experiment
+
+    taken: set[str] = set()
+    db = spec.tracking_uri.removeprefix("sqlite:///")
+    if db == spec.tracking_uri or Path(db).exists():  # a missing SQLite store holds no names
+        client = connect(spec.tracking_uri)
+        settle_deleted_experiment(client, spec, restore_deleted)
+        found = client.search_experiments(view_type=ViewType.ALL, max_results=50000)
+        taken = {experiment.name for experiment in found}
 
     def free(name: str) -> bool:
         return name not in taken and not (Path(spec.storage_path) / name).exists()
@@ -124,13 +136,18 @@ def check_cluster(spec: StudySpec) -> int:
 
 
 def trainable(spec: StudySpec) -> Any:
-    """The Tune trainable with the spec's objective and per-trial resources."""
+    """The Tune trainable with the spec's objective, checkpoint interval and resources."""
     from ray import tune
 
     from trainables.tune_adapter import train
 
     return tune.with_resources(
-        tune.with_parameters(train, objective=spec.objective),
+        tune.with_parameters(
+            train,
+            objective=spec.objective,
+            checkpoint_every_s=spec.checkpoint_every_s,
+            results_dir=str(spec.results_dir),
+        ),
         {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu},
     )
 
@@ -144,6 +161,7 @@ def run_study(spec: StudySpec, summary_json: str | None = None) -> list[CellSumm
     try:
         concurrency = check_cluster(spec)
         _quiet_tune()
+        _pending_trials(concurrency)
         folder = study_dir(spec)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / SPEC_FILE).write_text(spec.to_json())
@@ -154,13 +172,14 @@ def run_study(spec: StudySpec, summary_json: str | None = None) -> list[CellSumm
             f"{concurrency} at once; tracking {spec.tracking_uri}",
             file=sys.stderr,
         )
+        # The searcher limits trials in flight itself (see study.searcher: crash safety).
+        searcher = CellSearcher(spec, cells, optuna_storage(spec), max_concurrent=concurrency)
         tuner = tune.Tuner(
             trainable(spec),
             tune_config=tune.TuneConfig(
-                search_alg=CellSearcher(spec, cells),
+                search_alg=searcher,
                 scheduler=scheduler,
                 num_samples=sum(cell.budget for cell in cells),
-                max_concurrent_trials=concurrency,
                 reuse_actors=True,
                 trial_dirname_creator=trial_dirname,
             ),
@@ -184,20 +203,38 @@ def load_stored_spec(name: str, storage_path: str) -> StudySpec:
     return StudySpec.from_dict(json.loads(path.read_text()))
 
 
+def check_resumable(spec: StudySpec, restore_deleted: bool = False) -> None:
+    """Before Ray starts: the study's experiment is not deleted (or is restored on request).
+
+    Raises:
+        SpecError: the experiment is deleted and not ``restore_deleted``.
+    """
+    from study.tracking import connect, settle_deleted_experiment
+
+    settle_deleted_experiment(connect(spec.tracking_uri), spec, restore_deleted)
+
+
 def resume_study(spec: StudySpec, summary_json: str | None = None) -> list[CellSummary]:
     """Continue an interrupted study: unfinished and errored trials resume from checkpoints.
 
-    The searcher (with its Optuna studies) and the callbacks come back from Tune's experiment
-    state, so no trial is asked twice and the tracking callback reuses the runs it created.
+    Tune restores its last snapshot of trials, searcher and callbacks; what happened after it
+    comes from the durable stores: results a killed driver never told go to the Optuna studies
+    first (:func:`study.searcher.recover`), the searcher hands out again the trials asked after
+    the snapshot, and the tracking callback adopts the runs by their keys. So every cell ends
+    with exactly its budget of trials and MLflow with exactly one run per trial.
     """
     from ray import tune
 
     cells = expand(spec)
+    told = recover(spec, cells)
+    if told:
+        print(f"study {spec.name}: {told} results recorded after the crash", file=sys.stderr)
     started = start_ray(spec)
     try:
-        check_cluster(spec)
+        _pending_trials(check_cluster(spec))
         _quiet_tune()
         print(f"study {spec.name}: resuming from {study_dir(spec)}", file=sys.stderr)
+        _forget_stale_decisions(study_dir(spec))
         tuner = tune.Tuner.restore(
             str(study_dir(spec)), trainable=trainable(spec), resume_errored=True
         )
@@ -208,6 +245,28 @@ def resume_study(spec: StudySpec, summary_json: str | None = None) -> list[CellS
             import ray
 
             ray.shutdown()
+
+
+def _forget_stale_decisions(folder: Path) -> None:
+    """Drop the trial decisions Tune saved with its experiment state before it is restored.
+
+    Ray 2.60's TuneController keeps ``_cached_trial_decisions`` (and ``_queued_...``) in its
+    snapshot: a trial whose worker died during a checkpoint save leaves a cached STOP, which the
+    restored run applies to that trial's first checkpoint after ``study resume`` (the trial
+    stops one evaluation later, without its final result). Decisions belong to the session that
+    made them.
+    """
+    states = sorted(folder.glob("experiment_state-*.json"))
+    if not states:
+        return
+    state = json.loads(states[-1].read_text())
+    runner = state.get("runner_data", {})
+    if not runner.get("_cached_trial_decisions") and not runner.get("_queued_trial_decisions"):
+        return
+    runner["_cached_trial_decisions"], runner["_queued_trial_decisions"] = {}, {}
+    scratch = states[-1].with_suffix(".tmp")
+    scratch.write_text(json.dumps(state))
+    os.replace(scratch, states[-1])
 
 
 def trial_dirname(trial: Any) -> str:
@@ -245,6 +304,13 @@ def _report(
     if summary_json:
         write_summary_json(summary_json, spec, rows)
     return rows
+
+
+def _pending_trials(concurrency: int) -> None:
+    # Tune lets a custom searcher have one PENDING trial at a time unless it is wrapped in a
+    # ConcurrencyLimiter (which CellSearcher replaces, see study.searcher): with one pending
+    # trial at a time the trials would start one after another.
+    os.environ["TUNE_MAX_PENDING_TRIALS_PG"] = str(concurrency)
 
 
 def _quiet_tune() -> None:

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -87,8 +88,11 @@ def check_ordering_name(name: str, field_name: str = "ordering") -> None:
         return
     match = _REPS.match(name)
     if match is None:
+        hint = _closest(str(name), ("random", "stream", "reps-1", "reps-3", "reps-5"))
         raise ConfigError(
-            field_name, name, "expected 'random', 'stream' or 'reps-k' with an integer k >= 1"
+            field_name,
+            name,
+            f"expected 'random', 'stream' or 'reps-k' with an integer k >= 1{hint}",
         )
     if int(match.group(1)) < 1:
         raise ConfigError(field_name, name, "reps-k needs k >= 1 ('reps-1' is minimum smoothness)")
@@ -96,7 +100,14 @@ def check_ordering_name(name: str, field_name: str = "ordering") -> None:
 
 def _check_choice(field_name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
-        raise ConfigError(field_name, value, f"expected one of {', '.join(allowed)}")
+        hint = _closest(str(value), allowed)
+        raise ConfigError(field_name, value, f"expected one of {', '.join(allowed)}{hint}")
+
+
+def _closest(value: str, allowed: tuple[str, ...]) -> str:
+    """' (did you mean 'x'?)' for the closest allowed name, or '' when none is close."""
+    close = difflib.get_close_matches(value, allowed, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _check_positive_int(field_name: str, value: int, minimum: int = 1) -> None:

@@ -4,7 +4,7 @@ Every data set is a :class:`Dataset` of float32 inputs in roughly [0, 1] and int
 deterministic given its :class:`~trainables.config.DatasetConfig` (including its seed).
 
 Example:
-    >>> from trainables.config import DatasetConfig
+    >>> from trainables.config import ConfigError, DatasetConfig
     >>> config = DatasetConfig(categories=4, train_per_category=30, test_per_category=5)
     >>> data = load_dataset(config)
     >>> data.train_x.shape, data.test_x.shape, data.num_classes
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainables.config import DatasetConfig
+from trainables.config import ConfigError, DatasetConfig
 
 DATA_DIR_ENV = "STUDY_DATA_DIR"
 """Environment variable naming the folder with IDX files when the spec gives none."""
@@ -236,8 +236,8 @@ def idx_dataset(config: DatasetConfig) -> Dataset:
                 f"(in {root})"
             )
     rng = np.random.default_rng([config.seed, 0x1D8])
-    train = _subset(arrays["train_labels"], config.train_per_category, rng)
-    test = _subset(arrays["test_labels"], config.test_per_category, rng)
+    train = _subset(arrays["train_labels"], config.train_per_category, rng, config, "train")
+    test = _subset(arrays["test_labels"], config.test_per_category, rng, config, "test")
 
     def images(split: str, rows: np.ndarray) -> np.ndarray:
         pixels = arrays[f"{split}_images"][rows]
@@ -253,15 +253,33 @@ def idx_dataset(config: DatasetConfig) -> Dataset:
     )
 
 
-def _subset(labels: np.ndarray, per_class: int | None, rng: np.random.Generator) -> np.ndarray:
-    """Row indices: all rows, or ``per_class`` rows of each class drawn without replacement."""
+def _subset(
+    labels: np.ndarray,
+    per_class: int | None,
+    rng: np.random.Generator,
+    config: DatasetConfig,
+    split: str,
+) -> np.ndarray:
+    """Row indices: all rows, or ``per_class`` rows of each class drawn without replacement.
+
+    Raises:
+        ConfigError: a class of the split has fewer than ``per_class`` items (a silently smaller
+            class would unbalance the categories the orderings cycle through).
+    """
     if per_class is None:
         return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    if per_class > counts.min():
+        raise ConfigError(
+            f"dataset.{split}_per_category",
+            per_class,
+            f"at most {counts.min()} (class {classes[counts.argmin()]} of {config.name}'s "
+            f"{split} split has {counts.min()} items) or 'all'",
+        )
     rows = []
-    for label in np.unique(labels):
+    for label in classes:
         members = np.flatnonzero(labels == label)
-        take = min(per_class, members.size)
-        rows.append(np.sort(rng.choice(members, size=take, replace=False)))
+        rows.append(np.sort(rng.choice(members, size=per_class, replace=False)))
     return np.sort(np.concatenate(rows))
 
 

@@ -18,8 +18,6 @@ import itertools
 
 import numpy as np
 
-from trainables.models import unit_groups
-
 OBJECTIVES: dict[str, str] = {
     "test_loss_auc": "min",
     "test_error_auc": "min",
@@ -160,6 +158,8 @@ def timescale_metrics(
     [1.0]
     """
     groups = r2.shape[2]
+    from trainables.models import unit_groups  # torch: not needed to name the metrics
+
     if unit_leak is not None:  # memory order: [R, H] unit indices, slowest-forgetting last
         order = np.argsort(np.asarray(unit_leak), axis=1, kind="stable")
         r2 = np.take_along_axis(r2, order[:, :, None], axis=1)  # [R, H, G]

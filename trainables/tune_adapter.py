@@ -10,19 +10,26 @@ Tune's config for a trial (built by the study's searcher) is::
 The trainable reports replicate means and CIs at every evaluation point, with ``progress``
 (samples seen / the trial's total samples: the time axis of the per-cell ASHA in
 ``study.scheduler``) and where it ran (``node_id``: the Ray node; ``device``: cpu or cuda). It
-checkpoints the engine state every ``CHECKPOINT_EVERY_S`` seconds and at the end, and resumes
-exactly from ``ray.tune.get_checkpoint()`` after a worker failure. The final checkpoint also
-holds ``curves.json`` (per-replicate curves) and ``history.json`` (the reported metrics of every
-evaluation point) for the driver to log as artifacts and metrics.
+checkpoints the engine state every ``checkpoint_every_s`` seconds (the spec's setting; 0 = at
+every evaluation point) and at the end, and resumes exactly after a worker failure: the engine
+state holds weights, optimizer buffers, memory state, the position in the ordering and the curves
+so far (the engine draws no random numbers after construction, so there is no RNG state to
+carry). The final checkpoint also holds ``curves.json`` (per-replicate curves), ``history.json``
+(the reported metrics of every evaluation point), ``final.json`` (the final report) and
+``tune_config.json`` (the trial's config), so the driver can log a trial's results from disk
+even when it learns of them only after a crash. A trial restored from its final checkpoint
+re-reports the final result instead of training again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import pickle
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +50,10 @@ DIVERGED_PENALTY = 1e6
 STATE_FILE = "state.pkl"
 CURVES_FILE = "curves.json"
 HISTORY_FILE = "history.json"
+FINAL_FILE = "final.json"
+CONFIG_FILE = "tune_config.json"
+FINAL_FILES = (STATE_FILE, CURVES_FILE, HISTORY_FILE, CONFIG_FILE, FINAL_FILE)
+"""What a final checkpoint holds (one cut short by a crash while it was copied lacks some)."""
 
 
 def trial_config(config: dict[str, Any]) -> TrialConfig:
@@ -87,12 +98,22 @@ def running_objective(
     return float(reached[0] if reached else history[-1]["samples_seen"])
 
 
-def train(config: dict[str, Any], objective: str = "test_loss_auc") -> None:
+def train(
+    config: dict[str, Any],
+    objective: str = "test_loss_auc",
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S,
+    results_dir: str | None = None,
+) -> None:
     """Ray Tune function trainable: train one configuration's replicates, report, checkpoint.
 
     Args:
-        config: Tune's trial config (see the module docstring).
+        config: Tune's trial config (see the module docstring); ``previous_trials`` (Ray trial
+            ids that ran this configuration before a driver crash) may be added by the searcher.
         objective: the run metric the study optimises; reported as ``objective`` (finite).
+        checkpoint_every_s: seconds between intermediate checkpoints (0: every evaluation).
+        results_dir: the study's Ray results folder, when the workers see it as a file system:
+            checkpoints there that are newer than Tune's (saved after its last snapshot of the
+            experiment, which a killed driver leaves behind) are resumed from.
     """
     # One thread per trial: trials are the unit of parallelism, and several intra-op threads per
     # trial on a shared machine only contend (per-sample steps are far too small to split).
@@ -100,12 +121,17 @@ def train(config: dict[str, Any], objective: str = "test_loss_auc") -> None:
     run = TrialRun(trial_config(config))
     placement = placement_of(run)
     history: list[dict[str, float]] = []
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder, open(Path(folder) / STATE_FILE, "rb") as handle:
-            saved = pickle.load(handle)
-        run.load_state_dict(saved["run"])
-        history = saved["history"]
+    with _latest_checkpoint(config, results_dir) as folder:
+        if folder is not None:
+            with open(folder / STATE_FILE, "rb") as handle:
+                saved = pickle.load(handle)
+            if all((folder / name).exists() for name in FINAL_FILES):
+                # The trial had ended (a driver crash hid its end): report it again, no work.
+                final = json.loads((folder / FINAL_FILE).read_text())
+                tune.report(final, checkpoint=tune.Checkpoint.from_directory(str(folder)))
+                return
+            run.load_state_dict(saved["run"])
+            history = saved["history"]
     last_checkpoint = time.monotonic()
     for point in run:
         metrics = _point_metrics(point)
@@ -128,11 +154,11 @@ def train(config: dict[str, Any], objective: str = "test_loss_auc") -> None:
             report.update(_final_metrics(run.result(), objective))
             # The last report always carries a checkpoint: the curves the driver logs live there.
             with tempfile.TemporaryDirectory() as folder:
-                _write_checkpoint(Path(folder), run, history, final=True)
+                _write_checkpoint(Path(folder), run, history, final=report, config=config)
                 tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
-        elif time.monotonic() - last_checkpoint >= CHECKPOINT_EVERY_S:
+        elif time.monotonic() - last_checkpoint >= checkpoint_every_s:
             with tempfile.TemporaryDirectory() as folder:
-                _write_checkpoint(Path(folder), run, history, final=False)
+                _write_checkpoint(Path(folder), run, history, final=None)
                 tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
             last_checkpoint = time.monotonic()
         else:
@@ -149,6 +175,64 @@ def placement_of(run: TrialRun) -> dict[str, str]:
     if run.device.type == "cuda":
         placement["device_name"] = torch.cuda.get_device_name(run.device)
     return placement
+
+
+@contextlib.contextmanager
+def _latest_checkpoint(config: dict[str, Any], results_dir: str | None) -> Iterator[Path | None]:
+    """The folder to resume from: a final checkpoint of this configuration on disk, else the
+    newest readable one on disk (this trial's or an earlier run's of it), else Tune's."""
+    on_disk: list[Path] = []
+    if results_dir is not None and Path(results_dir).is_dir():
+        ids = [tune.get_context().get_trial_id(), *config.get("previous_trials", [])]
+        finals = final_checkpoints(Path(results_dir), ids)
+        others = sorted(
+            (
+                folder
+                for trial_id in ids
+                for folder in Path(results_dir).glob(f"trial_{trial_id}/checkpoint_*")
+                if not (folder / FINAL_FILE).exists() and (folder / STATE_FILE).exists()
+            ),
+            key=_written_at,
+        )
+        on_disk = [*others, *finals]  # a final one first, then the newest
+    # A checkpoint cut short by a crash while it was copied is passed over for an older one.
+    found = next((folder for folder in reversed(on_disk) if _readable(folder)), None)
+    if found is not None:
+        yield found
+        return
+    checkpoint = tune.get_checkpoint()  # remote storage: only Tune knows the checkpoints
+    if checkpoint is None:
+        yield None
+        return
+    with checkpoint.as_directory() as folder:
+        yield Path(folder)
+
+
+def final_checkpoints(results_dir: Path, trial_ids: list[str]) -> list[Path]:
+    """The complete final checkpoints of these Ray trials in a study's results folder, oldest
+    first (trial folders ``trial_<id>``, see ``study.tuner.trial_dirname``)."""
+    found = [
+        folder
+        for trial_id in trial_ids
+        for folder in results_dir.glob(f"trial_{trial_id}/checkpoint_*")
+        if all((folder / name).exists() for name in FINAL_FILES)
+    ]
+    return sorted(found, key=_written_at)
+
+
+def _written_at(folder: Path) -> float:
+    # The state file's time, not the folder's: after a restart Tune may number a checkpoint
+    # like one the killed process wrote, and rewrites the files inside that folder.
+    return (folder / STATE_FILE).stat().st_mtime
+
+
+def _readable(folder: Path) -> bool:
+    try:
+        with open(folder / STATE_FILE, "rb") as handle:
+            pickle.load(handle)
+    except (OSError, EOFError, pickle.UnpicklingError):
+        return False
+    return True
 
 
 def _point_metrics(point: EvalPoint) -> dict[str, float]:
@@ -175,13 +259,22 @@ def _finite(value: float, objective: str) -> float:
 
 
 def _write_checkpoint(
-    folder: Path, run: TrialRun, history: list[dict[str, float]], final: bool
+    folder: Path,
+    run: TrialRun,
+    history: list[dict[str, float]],
+    final: dict[str, Any] | None,
+    config: dict[str, Any] | None = None,
 ) -> None:
+    """The engine state and reported history; with ``final`` (the last report) the artifacts,
+    the final report and the trial's Tune ``config``."""
     with open(folder / STATE_FILE, "wb") as handle:
         pickle.dump({"run": run.state_dict(), "history": history}, handle)
-    if final:
+    if final is not None:
         (folder / CURVES_FILE).write_text(json.dumps(curves(run.result())))
         (folder / HISTORY_FILE).write_text(json.dumps(history))
+        (folder / CONFIG_FILE).write_text(json.dumps(config))
+        # last: a checkpoint with final.json is complete (the driver reads the others)
+        (folder / FINAL_FILE).write_text(json.dumps(final))
 
 
 def curves(result: TrialResult) -> dict[str, Any]:

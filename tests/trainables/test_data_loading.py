@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.services import shared_data_dir
-from trainables.config import DatasetConfig
+from trainables.config import ConfigError, DatasetConfig
 from trainables.data import DATA_DIR_ENV, DataError, Dataset, load_dataset
 
 SHARED_DATA = shared_data_dir() or Path("shared/data (not found)")
@@ -148,7 +148,9 @@ def test_idx_reads_the_data_dir_from_the_environment(
     """No data_dir in the config: $STUDY_DATA_DIR is the folder."""
     _write(tmp_path / "mnist", _tiny_arrays(), gz=True)
     monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))
-    data = load_dataset(DatasetConfig(name="mnist", train_per_category=None))
+    data = load_dataset(
+        DatasetConfig(name="mnist", train_per_category=None, test_per_category=None)
+    )
     assert data.train_x.shape == (12, 6)
 
 
@@ -172,8 +174,10 @@ def test_idx_per_class_subset(tmp_path: Path) -> None:
         for seed in range(6)
     }
     assert len(choices) > 1  # the data seed picks the subset
-    whole = load_dataset(_idx_config(tmp_path, train_per_category=50))
-    assert np.bincount(whole.train_y).tolist() == [4, 4, 4]  # n above a class size takes all
+    # n above a class size is an error naming the field (a smaller class would silently
+    # unbalance the categories); "all" takes every row
+    with pytest.raises(ConfigError, match=r"dataset.train_per_category=50 .* at most 4"):
+        load_dataset(_idx_config(tmp_path, train_per_category=50))
 
 
 def test_idx_missing_file_names_every_place_looked(tmp_path: Path) -> None:
