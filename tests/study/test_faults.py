@@ -237,7 +237,10 @@ def test_killed_workers_resume_from_checkpoints_with_identical_numbers(tmp_path:
                 if len(kills_so_far) == kills:
                     continue
                 assert not list(trial_dir.glob("checkpoint_*/final.json")), "killed too late"
-                count = len(list(trial_dir.glob("checkpoint_*")))
+                # Tune keeps only the newest checkpoint folder (num_to_keep=1): its index says
+                # how many the trial has written.
+                written = [int(p.name[11:]) for p in trial_dir.glob("checkpoint_*")]
+                count = 1 + max(written, default=-1)
                 if count < (kills_so_far[-1] + 1 if kills_so_far else 2):
                     continue
                 for pid in _descendants(driver.pid):
