@@ -439,6 +439,10 @@ class StudySpec:
     checkpoint_every_s: float = 30.0
     """Seconds of training between a trial's intermediate checkpoints (a dead worker's trial
     restarts from its last one); 0 = at every evaluation point. The end is always checkpointed."""
+    keep_checkpoints: int = 0
+    """Checkpoints kept per trial; 0 = all. Resume needs only the newest, so a cluster with long
+    trials may keep 1 to bound disk use, but then Ray Tune snapshots its whole experiment state
+    after every trial checkpoint (slower studies of many short trials)."""
 
     def __post_init__(self) -> None:
         _check_type("name", self.name, str)
@@ -495,6 +499,7 @@ class StudySpec:
         _check_choice("sampler", self.sampler, SAMPLERS)
         _check_int("trials_per_cell", self.trials_per_cell, 1)
         _check_int("max_concurrent_trials", self.max_concurrent_trials, 0)
+        _check_int("keep_checkpoints", self.keep_checkpoints, 0)
         _check_type("resources", self.resources, ResourcesSpec)
         _check_choice("scheduler", self.scheduler, SCHEDULERS)
         for name in ("tracking_uri", "storage_path"):

@@ -283,10 +283,11 @@ def _run_config(spec: StudySpec, cells: list[Cell]) -> Any:
         callbacks=[MlflowTracking(spec, cells), ProgressReporter(spec, cells)],
         # Worker deaths: the trial restarts from its last checkpoint (same numbers, exact resume).
         failure_config=tune.FailureConfig(max_failures=2),
-        # Resume needs a trial's latest checkpoint only; Tune keeps every one by default, which
-        # on a cluster is 6 MB per checkpoint of a 784-392-10 trial with 5 replicates on the
-        # shared results volume (benchmarks/cluster_stores.py), every 30 s of training.
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        # Resume needs a trial's newest checkpoint only, but Tune keeps every one unless told
+        # (6 MB per checkpoint of a 784-392-10 trial with 5 replicates, every 30 s of training;
+        # benchmarks/cluster_stores.py). A bound makes Tune snapshot its experiment state after
+        # every trial checkpoint, so it is a choice (keep_checkpoints), not the default.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.keep_checkpoints or None),
         verbose=0,
     )
 
