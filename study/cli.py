@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from study.spec import (
     DEFAULT_PRESET,
@@ -226,7 +226,7 @@ def _presets(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from study.results import SUMMARY_TAG
+    from study.results import SUMMARY_TAG, list_runs
     from study.tracking import connect
 
     uri = from_env(args.tracking_uri, "tracking_uri") or default_tracking_uri()
@@ -236,7 +236,7 @@ def _list(args: argparse.Namespace) -> int:
         # The summary run holds the report, not a trial: it never makes a study "running".
         runs = [
             r
-            for r in _all_runs(client, experiment.experiment_id)
+            for r in list_runs(client, experiment.experiment_id)
             if r.data.tags.get(SUMMARY_TAG) != "true"
         ]
         cells = [r for r in runs if r.data.tags.get("role") == "cell"]
@@ -257,16 +257,6 @@ def _list(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(row))
     return 0
-
-
-def _all_runs(client: Any, experiment_id: str) -> list[Any]:
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def _resume(args: argparse.Namespace) -> int:
