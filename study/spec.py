@@ -425,7 +425,8 @@ class StudySpec:
     tracking_uri: str = ""
     """MLflow tracking URI; empty = sqlite:///<repo>/mlruns/mlflow.db."""
     optuna_storage: str | None = None
-    """Optuna RDB URL (e.g. postgresql://...); None = in memory, saved with the Ray run."""
+    """Optuna RDB URL (e.g. postgresql+psycopg2://...); None = a journal file
+    ``<results_dir>/optuna.journal`` (crash-safe, one machine)."""
     ray_address: str | None = None
     """None = start a local Ray sized to this machine; else ray://host:port or host:port."""
     storage_path: str = ""
