@@ -6,8 +6,8 @@ run exists), 1 anything else.
 Where a study runs and records comes from, highest first: the flag (``--ray-address``,
 ``--tracking-uri``, ``--optuna-storage``), the spec (file or ``--set``), the environment
 (``RAY_ADDRESS``, ``MLFLOW_TRACKING_URI``, ``OPTUNA_STORAGE``: the variables Ray, MLflow and
-Optuna's own CLI read), then the embedded default (local Ray, SQLite store, an Optuna journal file in the study's
-results folder).
+Optuna's own CLI read), then the embedded default (local Ray, SQLite store, an Optuna journal
+file in the study's results folder).
 """
 
 from __future__ import annotations
