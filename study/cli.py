@@ -16,7 +16,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from study.spec import (
     DEFAULT_PRESET,
@@ -27,9 +27,13 @@ from study.spec import (
     preset_names,
     preset_text,
     read_source,
+    resolve_tracking_uri,
 )
 from trainables.config import ConfigError
 from trainables.data import DataError
+
+if TYPE_CHECKING:
+    from study.progress import CellSummary  # imports Ray: only after the input is valid
 
 # Flags that override one spec field each (taken as plain strings, not TOML literals).
 _FIELD_FLAGS = (
@@ -146,6 +150,12 @@ def from_env(value: str | None, field: str) -> str | None:
     return value or os.environ.get(ENV_DEFAULTS[field]) or None
 
 
+def tracking_uri_of(args: argparse.Namespace) -> str:
+    """The store a reading command (list, report) opens: the flag, the environment, the default."""
+    given = from_env(args.tracking_uri, "tracking_uri")
+    return resolve_tracking_uri(given or default_tracking_uri())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``study`` console script."""
     args = build_parser().parse_args(argv)
@@ -173,7 +183,23 @@ def _run(args: argparse.Namespace) -> int:
     if name != spec.name:
         print(f"study: {spec.name!r} exists; this run is {name!r}", file=sys.stderr)
         spec = dataclasses.replace(spec, name=name)
-    run_study(spec, args.summary_json)
+    return _finished(spec, run_study(spec, args.summary_json))
+
+
+def _finished(spec: StudySpec, rows: list[CellSummary]) -> int:
+    """The closing line of ``run`` and ``resume``: 0 when every cell used its budget, else 130.
+
+    Tune catches Ctrl-C (and SIGTERM) itself and returns from ``fit`` with the trials it
+    stopped unfinished, so an interrupt is told by the budget left, not by an exception.
+    """
+    left = sum(r.budget - r.finished - r.failed - r.pruned for r in rows)
+    if left:
+        print(
+            f"study {spec.name} interrupted with {left} of {sum(r.budget for r in rows)} trials "
+            f"not done; continue with `study resume {spec.name}`",
+            file=sys.stderr,
+        )
+        return 130
     print(
         f"study {spec.name} done; view: mlflow ui --backend-store-uri {spec.tracking_uri}",
         file=sys.stderr,
@@ -230,7 +256,7 @@ def _list(args: argparse.Namespace) -> int:
     from study.results import SUMMARY_TAG, list_runs
     from study.tracking import connect
 
-    uri = from_env(args.tracking_uri, "tracking_uri") or default_tracking_uri()
+    uri = tracking_uri_of(args)
     client = connect(uri)
     rows: list[tuple[str, ...]] = []
     for experiment in client.search_experiments(filter_string="tags.study != ''"):
@@ -255,8 +281,9 @@ def _list(args: argparse.Namespace) -> int:
         )
     if not rows:
         print(f"no studies in {uri}")
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))] if rows else []
     for row in rows:
-        print("  ".join(row))
+        print("  ".join(col.ljust(w) for col, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
@@ -281,8 +308,7 @@ def _resume(args: argparse.Namespace) -> int:
         spec = dataclasses.replace(spec, ray_address=address)
     preflight(spec)
     check_resumable(spec, restore_deleted=args.restore_deleted)
-    resume_study(spec, args.summary_json)
-    return 0
+    return _finished(spec, resume_study(spec, args.summary_json))
 
 
 def _sync(args: argparse.Namespace) -> int:
@@ -310,7 +336,7 @@ def _report(args: argparse.Namespace) -> int:
 
     report = build_report(
         args.name,
-        from_env(args.tracking_uri, "tracking_uri"),
+        tracking_uri_of(args),
         args.out,
         from_env(args.optuna_storage, "optuna_storage"),
     )

@@ -319,8 +319,10 @@ class ProgressReporter(Callback):
             if not ended:
                 row.running += trial.status == "RUNNING"
                 continue
-            row.ended += 1
             found = outcome(trial.config, trial.last_result, errored)
+            if found.status == "running":
+                continue  # stopped by an interrupt before its end: `study resume` finishes it
+            row.ended += 1
             row.failed += found.status == "failed"
             row.pruned += found.status == "pruned"
             row.diverged += found.diverged

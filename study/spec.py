@@ -109,6 +109,42 @@ def default_tracking_uri() -> str:
     return f"sqlite:///{project_root() / 'mlruns' / 'mlflow.db'}"
 
 
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql")
+"""URI schemes of the MLflow tracking stores a study can write to (an RDB scheme may name its
+driver: ``postgresql+psycopg2``). MLflow 3's file store (``file:``, a plain folder) is left out:
+it is in maintenance mode and refuses to create experiments."""
+
+
+def resolve_tracking_uri(uri: str) -> str:
+    """``uri`` checked against :data:`TRACKING_SCHEMES`, a relative SQLite path made absolute.
+
+    Checked without importing MLflow, so a typo (``sqlit:///...``) is one clear error before
+    anything starts, not MLflow's traceback from inside the first trial.
+
+    Example:
+        >>> resolve_tracking_uri("http://127.0.0.1:5000")
+        'http://127.0.0.1:5000'
+    """
+    scheme = uri.partition("://")[0].partition("+")[0] if "://" in uri else ""
+    if scheme not in TRACKING_SCHEMES:
+        close = difflib.get_close_matches(scheme, TRACKING_SCHEMES, n=1)
+        if close:
+            hint = f" (did you mean {close[0]!r}?)"
+        elif scheme in ("", "file"):
+            hint = " (MLflow 3's file store, file: or a plain folder, refuses new experiments)"
+        else:
+            hint = ""
+        raise SpecError(
+            "tracking_uri",
+            uri,
+            f"a URI with one of the schemes {', '.join(TRACKING_SCHEMES)}{hint}, "
+            "e.g. sqlite:///mlruns/mlflow.db or http://HOST:5000",
+        )
+    if scheme == "sqlite" and not uri.startswith("sqlite:///"):
+        raise SpecError("tracking_uri", uri, "sqlite:///PATH (three slashes, then the path)")
+    return _absolute_uri(uri)
+
+
 def default_storage_path() -> str:
     """Where Ray Tune keeps trial results and checkpoints: ``<root>/.study/ray_results``."""
     return str(project_root() / ".study" / "ray_results")
@@ -534,7 +570,9 @@ class StudySpec:
         # Defaults and relative paths are resolved once, here, so the spec logged to MLflow and
         # stored for resume names the exact stores, whatever the working directory later is.
         set_ = object.__setattr__
-        set_(self, "tracking_uri", _absolute_uri(self.tracking_uri or default_tracking_uri()))
+        set_(
+            self, "tracking_uri", resolve_tracking_uri(self.tracking_uri or default_tracking_uri())
+        )
         set_(
             self, "storage_path", str(Path(self.storage_path or default_storage_path()).absolute())
         )
@@ -910,9 +948,16 @@ def _set_in_dataset(values: dict[str, Any], path: list[str], value: Any) -> None
         chosen = list(range(len(datasets)))
     else:
         chosen = [i for i, name in enumerate(names) if name == selector]
-    if not chosen or len(path) != 3:
+    if len(path) != 3:
         raise SpecError(
             ".".join(path), value, f"datasets.<index, name or *>.<field> with names {names}"
+        )
+    if not chosen:
+        raise SpecError(
+            ".".join(path),
+            value,
+            f"a key of one of this spec's data sets {names}; {selector!r} is not one of them "
+            f"(add it with an earlier --set datasets={','.join([*names, selector])})",
         )
     _reject_unknown(f"datasets.{selector}.", {path[2]: value}, _field_names(DatasetConfig))
     for i in chosen:
@@ -1183,15 +1228,10 @@ def _check_number(name: str, value: Any, allowed: str, ok: Any) -> None:
 
 
 def _absolute_uri(uri: str) -> str:
-    """Make sqlite/file URIs and plain paths absolute; leave server URLs alone."""
+    """Make a SQLite URI's relative path absolute; leave other URLs alone."""
     if uri.startswith("sqlite:///"):
         path = uri.removeprefix("sqlite:///")
         if path.startswith("/") or path == ":memory:":
             return uri
         return f"sqlite:///{Path(path).absolute()}"
-    if uri.startswith("file:"):
-        path = uri.removeprefix("file://").removeprefix("file:")
-        return f"file://{Path(path).absolute()}"
-    if "://" not in uri:
-        return str(Path(uri).expanduser().absolute())
     return uri

@@ -128,6 +128,16 @@ CASES: list[tuple[str, list[str], list[str]]] = [
         ["tracking_uri=", "writable folder"],
     ),
     (
+        "tracking-scheme-typo",
+        ["--tracking-uri", "sqlit:///{tmp}/mlflow.db"],
+        ["tracking_uri='sqlit:///", "did you mean 'sqlite'"],
+    ),
+    (
+        "tracking-file-store",
+        ["--tracking-uri", "{tmp}/mlruns"],
+        ["tracking_uri=", "file store"],
+    ),
+    (
         "ray-refused",
         ["--ray-address", "127.0.0.1:{closed}"],
         ["ray_address='127.0.0.1:", "reachable Ray head"],

@@ -187,7 +187,11 @@ def test_interrupted_study_resumes_without_lost_or_duplicated_runs(tmp_path: Pat
         assert time.monotonic() < deadline, "study did not progress"
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)  # the driver is interrupted mid-study
-    process.wait(timeout=120)
+    output, _ = process.communicate(timeout=120)
+    # Tune catches the interrupt and returns: the CLI must not call that study done.
+    assert process.returncode == 130, output[-3000:]
+    assert "continue with `study resume resumable`" in output
+    assert "study resumable done" not in output
     finished_before = _finished_trial_runs(db)
     assert finished_before < 4 * budget, "the interruption came too late to test resume"
 

@@ -273,3 +273,19 @@ def test_progress_best_follows_the_objective_direction() -> None:
     _end(reporter, trials, trials[1], _final(0.8))
     assert reporter.cells(trials)[0].best == 0.8
     assert "best final_test_accuracy" in reporter.table(trials)
+
+
+def test_progress_does_not_count_a_trial_an_interrupt_stopped() -> None:
+    """Invariant: a trial Tune terminated on Ctrl-C before its final result (an intermediate
+    result at most) is neither done nor running; `study resume` finishes it."""
+    spec = load_spec("smoke", ["trials_per_cell=2"])
+    cells = expand(spec)
+    reporter = ProgressReporter(spec, cells, stream=io.StringIO())
+    trials = _trials(cells, 2)
+    reporter.setup()
+    _end(reporter, trials, trials[0], _final(0.3))
+    trials[1].update_last_result({"objective": 0.4, "samples_seen": 60})
+    trials[1].set_status(Trial.TERMINATED)
+    row = reporter.cells(trials)[0]
+    assert (row.ended, row.running, row.best) == (1, 0, 0.3)
+    assert reporter.header(trials).startswith("[1/8 trials, 0 running,")

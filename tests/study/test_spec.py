@@ -26,6 +26,7 @@ from study.spec import (
     load_spec,
     preset_names,
     preset_text,
+    resolve_tracking_uri,
 )
 from trainables.config import DATASETS, DatasetConfig, TrialConfig
 
@@ -118,7 +119,7 @@ BAD = [
     (["replicat=3"], "replicat", "did you mean 'replicates'"),
     (["network.hiden=3"], "network.hiden", "did you mean 'network.hidden'"),
     (["datasets.0.nam=x"], "datasets.0.nam", "did you mean 'datasets.0.name'"),
-    (["datasets.mnist.noise=1"], "datasets.mnist.noise", "names ['synthetic-categories']"),
+    (["datasets.mnist.noise=1"], "datasets.mnist.noise", "data sets ['synthetic-categories']"),
     (["datasets.0.name=cifar"], "datasets[0].name", "mnist"),
     (["models=ff"], "models", "feedforward"),
     (["models=leaky,leaky"], "models", "at most once"),
@@ -568,3 +569,42 @@ def test_set_reaches_a_variant_whose_name_has_dots() -> None:
     )
     assert spec.variant("lr-0.1").network == {"learning_rate": 0.2}
     assert spec.variant("lr-0.01").dataset == {"noise": 0.3}
+
+
+def test_a_dataset_override_for_a_dataset_the_spec_lacks_says_how_to_add_it() -> None:
+    with pytest.raises(SpecError) as error:
+        load_spec("smoke", ["datasets.mnist.train_per_category=10"])
+    message = str(error.value)
+    assert "datasets.mnist.train_per_category=10" in message
+    assert "'mnist' is not one of them" in message
+    assert "--set datasets=synthetic-categories,mnist" in message
+
+
+@pytest.mark.parametrize(
+    ("uri", "words"),
+    [
+        ("sqlit:///x.db", "did you mean 'sqlite'"),
+        ("postgres://h/db", "did you mean 'postgresql'"),
+        ("mlruns", "file store"),
+        ("file:///tmp/mlruns", "file store"),
+        ("sqlite://x.db", "three slashes"),
+    ],
+)
+def test_tracking_uris_no_mlflow_store_takes_are_rejected(uri: str, words: str) -> None:
+    with pytest.raises(SpecError) as error:
+        load_spec("smoke", [f"tracking_uri='{uri}'"])
+    assert f"tracking_uri={uri!r}" in str(error.value) and words in str(error.value)
+
+
+def test_tracking_uris_of_every_store_pass_and_sqlite_paths_become_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for uri in (
+        "http://mlflow:5000",
+        "https://host/mlflow",
+        "postgresql+psycopg2://u@h/db",
+        "mysql://u@h/db",
+    ):
+        assert resolve_tracking_uri(uri) == uri
+    assert resolve_tracking_uri("sqlite:///m/x.db") == f"sqlite:///{tmp_path}/m/x.db"
