@@ -249,6 +249,10 @@ class ProgressReporter(Callback):
         self._ended_here: set[str] = set()
         """Trials that ended in this session (they measure the pace; restored ones do not)."""
         self._errored: set[str] = set()
+        self._spec = spec
+        self._cells = cells
+        self._ended_outside: dict[tuple[str, int], TrialOutcome] = {}
+        """Trials that ended in the Optuna studies, read once per session (see ``setup``)."""
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_stream": None}
@@ -259,12 +263,18 @@ class ProgressReporter(Callback):
 
     # -- Tune hooks --------------------------------------------------------------------------
     def setup(self, **info: Any) -> None:
-        """Restart the clock (also on resume, where it measures this session)."""
+        """Restart the clock (also on resume, where it measures this session) and read which
+        trials have ended: after a driver crash some ended where Tune's snapshot never saw
+        them, so only the Optuna studies know (they are counted, never run again)."""
+        from study.searcher import ended_outside_tune
+
         self._started = time.monotonic()
         self._last_draw = -math.inf
         self._drawn_lines = 0
         self._changed = True
         self._ended_here = set()
+        ended = [outcome(*e) for e in ended_outside_tune(self._spec, self._cells, set())]
+        self._ended_outside = {(o.cell, o.optuna_trial_number): o for o in ended}
 
     def on_trial_start(
         self, iteration: int, trials: list[Trial], trial: Trial, **info: Any
@@ -309,19 +319,25 @@ class ProgressReporter(Callback):
     def cells(self, trials: list[Trial]) -> list[CellProgress]:
         """Per-cell counts and best objective (diverged trials never count as best)."""
         rows = {key: CellProgress(key, self.budgets[key]) for key in self.cell_keys}
-        sign = 1.0 if self.direction == "min" else -1.0
+        ended: list[TrialOutcome] = []
+        known: set[tuple[str, int]] = set()
         for trial in trials:
-            row = rows.get((trial.config or {}).get("cell"))
+            config = trial.config or {}
+            row = rows.get(config.get("cell"))
             if row is None:
                 continue
+            known.add((config["cell"], config["optuna_trial_number"]))
             errored = trial.status == "ERROR" or trial.trial_id in self._errored
-            ended = errored or trial.status == "TERMINATED" or trial.trial_id in self._ended_here
-            if not ended:
+            if errored or trial.status == "TERMINATED" or trial.trial_id in self._ended_here:
+                ended.append(outcome(config, trial.last_result, errored))
+            else:
                 row.running += trial.status == "RUNNING"
-                continue
-            found = outcome(trial.config, trial.last_result, errored)
+        ended += [o for key, o in self._ended_outside.items() if key not in known]
+        sign = 1.0 if self.direction == "min" else -1.0
+        for found in ended:
             if found.status == "running":
                 continue  # stopped by an interrupt before its end: `study resume` finishes it
+            row = rows[found.cell]
             row.ended += 1
             row.failed += found.status == "failed"
             row.pruned += found.status == "pruned"

@@ -369,6 +369,38 @@ def recover(spec: StudySpec, cells: list[Cell]) -> int:
     return told
 
 
+def ended_outside_tune(
+    spec: StudySpec, cells: list[Cell], seen: set[tuple[str, int]]
+) -> list[tuple[dict[str, Any], dict[str, Any] | None, bool]]:
+    """Trials that ended in their Optuna study but are not among ``seen`` (cell key, trial
+    number): those whose end only :func:`recover` told, as Tune's snapshot never saw them, so a
+    resumed Tune run does not list them. Each as (Tune config, final result or None, errored),
+    the final result read from the trial's final checkpoint; a pruned trial has ``done`` only.
+    """
+    from trainables.tune_adapter import FINAL_FILE, final_checkpoints
+
+    storage = optuna_storage(spec)
+    found = []
+    for cell in cells:
+        try:
+            study = optuna.load_study(study_name=cell.optuna_name, storage=storage)
+        except KeyError:
+            continue
+        for trial in asked_trials(study):
+            if (cell.key, trial.number) in seen or not trial.state.is_finished():
+                continue
+            attr = trial.user_attrs[TUNE_ATTR]
+            finals = final_checkpoints(spec.results_dir, attr["ray_trial_ids"])
+            if trial.state == TrialState.PRUNED:
+                result: dict[str, Any] | None = {"done": True}
+            elif finals:
+                result = json.loads((finals[-1] / FINAL_FILE).read_text())
+            else:
+                result = None
+            found.append((attr["config"], result, trial.state == TrialState.FAIL))
+    return found
+
+
 def paper_inside_space(space: Any, paper: dict[str, float]) -> dict[str, float]:
     """The paper values the space can hold (a categorical space may exclude them).
 

@@ -26,7 +26,7 @@ from study.progress import (
     write_summary_json,
 )
 from study.scheduler import CellASHA
-from study.searcher import CellSearcher, optuna_storage, recover
+from study.searcher import CellSearcher, ended_outside_tune, optuna_storage, recover
 from study.spec import SpecError, StudySpec
 from study.tracking import MlflowTracking
 
@@ -239,7 +239,7 @@ def resume_study(spec: StudySpec, summary_json: str | None = None) -> list[CellS
             str(study_dir(spec)), trainable=trainable(spec), resume_errored=True
         )
         results = tuner.fit()
-        return _report(spec, cells, results, summary_json)
+        return _report(spec, cells, results, summary_json, resumed=True)
     finally:
         if started:
             import ray
@@ -293,13 +293,22 @@ def _run_config(spec: StudySpec, cells: list[Cell]) -> Any:
 
 
 def _report(
-    spec: StudySpec, cells: list[Cell], results: Any, summary_json: str | None
+    spec: StudySpec,
+    cells: list[Cell],
+    results: Any,
+    summary_json: str | None,
+    resumed: bool = False,
 ) -> list[CellSummary]:
+    """Print the summary table (and write it as JSON): one outcome per trial, from Tune's
+    results and, after a crash, from the Optuna studies for trials only ``recover`` told."""
     outcomes: list[TrialOutcome] = []
     for result in results:
         if "cell" not in (result.config or {}):
             continue
         outcomes.append(outcome(result.config, result.metrics, result.error is not None))
+    if resumed:
+        seen = {(o.cell, o.optuna_trial_number) for o in outcomes}
+        outcomes += [outcome(*ended) for ended in ended_outside_tune(spec, cells, seen)]
     rows = summarize(spec, cells, outcomes)
     print(summary_table(spec, rows), file=sys.stderr)
     if summary_json:

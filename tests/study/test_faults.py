@@ -381,6 +381,9 @@ def test_sigkilled_driver_resumes_with_exact_budgets_runs_and_optuna_results(
         [STUDY, "resume", name], cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
     assert resume.returncode == 0, resume.stderr[-3000:]
+    # Trials only the durable stores saw end count as done in the live table and the summary.
+    assert f"[{cells * budget}/{cells * budget} trials" in resume.stderr
+    assert resume.stderr.count(f" {budget}/{budget} ") >= 2 * cells
 
     client = MlflowClient(f"sqlite:///{db}")
     children = _assert_exactly_one_finished_run_per_trial(client, name, cells, budget)

@@ -23,6 +23,12 @@ from study.progress import (
 from study.spec import load_spec
 
 
+@pytest.fixture(autouse=True)
+def _own_results_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The reporter reads the study's Optuna studies at setup: never a real study's folder.
+    monkeypatch.chdir(tmp_path)
+
+
 def _config(cell: str, number: int, lr: float) -> dict:
     return {
         "cell": cell,
