@@ -151,9 +151,14 @@ def from_env(value: str | None, field: str) -> str | None:
 
 
 def tracking_uri_of(args: argparse.Namespace) -> str:
-    """The store a reading command (list, report) opens: the flag, the environment, the default."""
+    """The store a reading command (list, report) opens: the flag, the environment, the
+    default; checked like a study's (a dead or refusing server is one message, exit 2)."""
+    from study.preflight import check_tracking
+
     given = from_env(args.tracking_uri, "tracking_uri")
-    return resolve_tracking_uri(given or default_tracking_uri())
+    uri = resolve_tracking_uri(given or default_tracking_uri())
+    check_tracking(uri)
+    return uri
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -200,10 +205,11 @@ def _finished(spec: StudySpec, rows: list[CellSummary]) -> int:
             file=sys.stderr,
         )
         return 130
-    print(
-        f"study {spec.name} done; view: mlflow ui --backend-store-uri {spec.tracking_uri}",
-        file=sys.stderr,
-    )
+    if spec.tracking_uri.startswith(("http://", "https://")):
+        view = f"open {spec.tracking_uri}"  # the server is the UI
+    else:
+        view = f"mlflow ui --backend-store-uri {spec.tracking_uri}"
+    print(f"study {spec.name} done; view: {view}", file=sys.stderr)
     return 0
 
 

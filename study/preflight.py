@@ -119,6 +119,10 @@ def _check_tracking_api(base: str) -> None:
         ) from None
 
 
+MLFLOW_TABLES = {"experiments", "runs", "metrics", "alembic_version"}
+"""Tables that mark a database as an MLflow tracking store."""
+
+
 def check_optuna_storage(url: str) -> str:
     """The Optuna RDB answers a connection within the preflight timeout."""
     import sqlalchemy
@@ -127,8 +131,8 @@ def check_optuna_storage(url: str) -> str:
     connect_args = {"connect_timeout": int(TIMEOUT_S)} if url.startswith("postgresql") else {}
     try:
         engine = sqlalchemy.create_engine(url, connect_args=connect_args)
-        with engine.connect():
-            pass
+        with engine.connect() as connection:
+            tables = set(sqlalchemy.inspect(connection).get_table_names())
         engine.dispose()
     except Exception as error:
         reason = str(getattr(error, "orig", None) or error).strip().splitlines()
@@ -137,6 +141,15 @@ def check_optuna_storage(url: str) -> str:
             _without_password(url),
             f"a reachable database ({type(error).__name__}: {reason[0] if reason else ''})",
         ) from None
+    if tables.issuperset(MLFLOW_TABLES):
+        # Both use Alembic's version table: Optuna would fail on MLflow's schema version, after
+        # creating its own tables in MLflow's database.
+        raise SpecError(
+            "optuna_storage",
+            _without_password(url),
+            "a database of its own (this one holds MLflow's tables: give Optuna another "
+            "database on the same server)",
+        )
     return f"optuna storage {_without_password(url)}: reachable"
 
 

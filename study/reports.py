@@ -616,8 +616,9 @@ def markdown(
         "Effects are seed-paired (replicate r of every cell has the same init and the same "
         "within-category orders) and signed so that **positive = in the claimed direction**. "
         "Verdict: the 95% CI excludes 0 on the positive side: *holds*; on the negative side: "
-        "*reversed*; otherwise *not significant*; cells missing: *not tested*. *paper* compares "
-        "each cell's paper-setting trial, *tuned* each cell's best trial.",
+        "*reversed*; otherwise (and always with fewer than 5 paired replicates) "
+        "*not significant*; cells missing: *not tested*. *paper* compares each cell's "
+        "paper-setting trial, *tuned* each cell's best trial.",
         "",
         _table(
             ["claim", "statement", "setting", "effect [95% CI]", "verdict", "note"],

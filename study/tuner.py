@@ -96,7 +96,11 @@ def start_ray(spec: StudySpec) -> bool:
             ) from None
         except ConnectionError as error:
             raise SpecError(
-                "ray_address", spec.ray_address, f"a running Ray head ({error})"
+                "ray_address",
+                spec.ray_address,
+                f"a running Ray head that accepts this process ({error}; a head with token "
+                "authentication refuses a missing or wrong token this way too: set "
+                "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH to the cluster's token)",
             ) from None
     return True
 

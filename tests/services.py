@@ -18,6 +18,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,22 @@ def shared_data_dir() -> Path | None:
         if (candidate / "mnist").is_dir() and (candidate / "fashion-mnist").is_dir():
             return candidate
     return None
+
+
+def trial_runs_in(db: Path, status: str = "FINISHED") -> int:
+    """Trial runs (tag role=trial) in state ``status`` in a SQLite MLflow store, read directly
+    (no MLflow import, safe while a study writes to it); 0 while the store does not exist."""
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db, timeout=1) as connection:
+            return connection.execute(
+                "SELECT COUNT(*) FROM runs r JOIN tags t ON r.run_uuid = t.run_uuid "
+                "WHERE t.key = 'role' AND t.value = 'trial' AND r.status = ?",
+                (status,),
+            ).fetchone()[0]
+    except sqlite3.Error:
+        return 0
 
 
 def free_port() -> int:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.services import trial_runs_in
 
 STUDY = str(Path(sys.executable).parent / "study")
 
@@ -53,6 +54,9 @@ def test_presets_lists_one_line_each(tmp_path: Path) -> None:
         (["check", "smoke", "--set", "resources.cpu=512"], ["resources.cpu", "at most"]),
         (["run", "smoke", "--set", "sampler=grid"], ["sampler", "tpe"]),
         (["run", "--bogus"], ["unrecognized arguments"]),
+        (["list", "--tracking-uri", "http://127.0.0.1:9"], ["tracking_uri", "/health"]),
+        (["report", "x", "--tracking-uri", "http://127.0.0.1:9"], ["tracking_uri", "/health"]),
+        (["list", "--tracking-uri", "sqlit:///x.db"], ["tracking_uri", "did you mean 'sqlite'"]),
     ],
 )
 def test_invalid_input_exits_2_with_one_line(
@@ -145,19 +149,6 @@ def test_run_smoke_writes_summary_and_store(tmp_path: Path) -> None:
     assert "'smoke-2'" in again.stderr, "a second run of a name gets a fresh study"
 
 
-def _finished_trial_runs(db: Path) -> int:
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(db, timeout=1) as connection:
-            return connection.execute(
-                "SELECT COUNT(*) FROM runs r JOIN tags t ON r.run_uuid = t.run_uuid "
-                "WHERE t.key = 'role' AND t.value = 'trial' AND r.status = 'FINISHED'"
-            ).fetchone()[0]
-    except sqlite3.Error:
-        return 0
-
-
 @pytest.mark.slow
 @pytest.mark.integration
 def test_interrupted_study_resumes_without_lost_or_duplicated_runs(tmp_path: Path) -> None:
@@ -183,7 +174,7 @@ def test_interrupted_study_resumes_without_lost_or_duplicated_runs(tmp_path: Pat
     )
     db = tmp_path / "mlruns" / "mlflow.db"
     deadline = time.monotonic() + 120
-    while _finished_trial_runs(db) < 6 and process.poll() is None:
+    while trial_runs_in(db) < 6 and process.poll() is None:
         assert time.monotonic() < deadline, "study did not progress"
         time.sleep(0.2)
     process.send_signal(signal.SIGINT)  # the driver is interrupted mid-study
@@ -192,7 +183,7 @@ def test_interrupted_study_resumes_without_lost_or_duplicated_runs(tmp_path: Pat
     assert process.returncode == 130, output[-3000:]
     assert "continue with `study resume resumable`" in output
     assert "study resumable done" not in output
-    finished_before = _finished_trial_runs(db)
+    finished_before = trial_runs_in(db)
     assert finished_before < 4 * budget, "the interruption came too late to test resume"
 
     done = study("resume", "resumable", cwd=tmp_path)

@@ -193,3 +193,22 @@ def test_an_unreachable_optuna_storage_is_one_clear_message(topology: Topology) 
     message = done.stderr.strip().splitlines()
     assert len(message) == 1 and "optuna_storage" in message[0]
     assert "secret" not in done.stderr  # the password never reaches a message
+
+
+def test_optuna_in_mlflows_own_database_is_refused_before_anything_is_created(
+    topology: Topology,
+) -> None:
+    """Invariant: one database for both stores (Optuna would fail on MLflow's Alembic version
+    after adding its tables) is one message, exit 2, and Optuna's tables are never created."""
+    import sqlalchemy
+
+    for command in ("check", "run"):
+        done = _study(topology, command, "smoke", "--optuna-storage", topology.mlflow_db)
+        assert done.returncode == 2, done.stderr
+        message = done.stderr.strip().splitlines()
+        assert len(message) == 1 and "a database of its own" in message[0], message
+    engine = sqlalchemy.create_engine(topology.mlflow_db)
+    with engine.connect() as connection:
+        tables = set(sqlalchemy.inspect(connection).get_table_names())
+    engine.dispose()
+    assert "experiments" in tables and "studies" not in tables

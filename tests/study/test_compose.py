@@ -118,7 +118,7 @@ def test_postgres_password_has_no_default_and_postgres_is_not_published() -> Non
         for line in ENV_EXAMPLE.read_text().splitlines()
         if line and not line.startswith("#")
     )
-    assert "change-me" in example["POSTGRES_PASSWORD"]  # a placeholder, never a real secret
+    assert "changeme" in example["POSTGRES_PASSWORD"]  # a placeholder, never a real secret
     ignored = (ROOT / ".gitignore").read_text().splitlines()
     assert ".env" in ignored and "/secrets/" in ignored
 

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from mlflow.tracking import MlflowClient
 from study.cells import expand
 from study.searcher import TUNE_ATTR, asked_trials, optuna_storage, restored_tune_trials
 from study.tuner import load_stored_spec
+from tests.services import trial_runs_in
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -123,20 +123,6 @@ def _results(trial_dir: Path) -> list[dict[str, Any]]:
 def _runs(client: MlflowClient, name: str) -> list[Any]:
     experiment = client.get_experiment_by_name(name)
     return list(client.search_runs([experiment.experiment_id], max_results=1000))
-
-
-def _trial_runs_in(db: Path, status: str = "FINISHED") -> int:
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(db, timeout=1) as connection:
-            return connection.execute(
-                "SELECT COUNT(*) FROM runs r JOIN tags t ON r.run_uuid = t.run_uuid "
-                "WHERE t.key = 'role' AND t.value = 'trial' AND r.status = ?",
-                (status,),
-            ).fetchone()[0]
-    except sqlite3.Error:
-        return 0
 
 
 def _assert_exactly_one_finished_run_per_trial(
@@ -346,7 +332,7 @@ def test_sigkilled_driver_resumes_with_exact_budgets_runs_and_optuna_results(
     )
     db = tmp_path / "mlruns" / "mlflow.db"
     try:
-        _wait(lambda: _trial_runs_in(db) >= 4, 240, "4 finished trials", driver)
+        _wait(lambda: trial_runs_in(db) >= 4, 240, "4 finished trials", driver)
         ray_processes = _descendants(driver.pid)
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
@@ -370,7 +356,7 @@ def test_sigkilled_driver_resumes_with_exact_budgets_runs_and_optuna_results(
     snapshot = restored_tune_trials(spec.results_dir) or {}
     asked = {(k, t.number) for k, s in studies.items() for t in asked_trials(s)}
     assert len(asked - set(snapshot)) >= 3, "the crash left trials Tune's snapshot never saw"
-    assert _trial_runs_in(db) < cells * budget, "the kill came too late to test resume"
+    assert trial_runs_in(db) < cells * budget, "the kill came too late to test resume"
     ended = {  # trials whose final checkpoint exists: their evaluation points so far
         d: [r for r in _results(d) if not r.get("final")]
         for d in spec.results_dir.glob("trial_*")
@@ -517,9 +503,9 @@ def test_tracking_outage_keeps_training_spools_and_loses_or_duplicates_nothing(
     folder = tmp_path / ".study" / "ray_results" / name
     spool = folder / "tracking_spool" / "ops.jsonl"
     try:
-        _wait(lambda: _trial_runs_in(server.db) >= 2, 240, "2 finished runs", driver)
+        _wait(lambda: trial_runs_in(server.db) >= 2, 240, "2 finished runs", driver)
         server.stop()
-        at_stop = _trial_runs_in(server.db)
+        at_stop = trial_runs_in(server.db)
         assert driver.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
         if driver.poll() is None:
